@@ -1,0 +1,5 @@
+import sys
+
+from logagent.cli import main
+
+sys.exit(main())

@@ -1,0 +1,91 @@
+"""`logagent` command line: run, check, status, and the tools that reuse the pipeline's parts
+(`cat`, `classify`, `sidecar`, `reload`), which live with the code they exercise and are imported on demand."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import sys
+from typing import Any
+
+# Commands implemented beside the code they exercise. Each module has `configure(parser)` and `run(args) -> int`.
+PLUGIN_COMMANDS = {
+    "cat": ("logagent.parsers.cli", "read container log files once and print the logical records"),
+    "classify": ("logagent.signatures.cli", "classify kernel log text with the problem signatures"),
+    "sidecar": ("logagent.sidecar", "run inside a pod: tail files on a shared volume to stdout"),
+    "reload": ("logagent.reload", "ask a running agent to re-read its config"),
+}
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from logagent import selflog
+    from logagent.config import ConfigError, load_config
+    from logagent.pipeline import run_agent
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"logagent: config error: {e}", file=sys.stderr)
+        return 2
+    selflog.setup(cfg.log_level)
+    try:
+        import uvloop  # type: ignore[import-not-found]
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    return int(runner(run_agent(cfg)))
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    import yaml
+
+    from logagent.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"logagent: config error: {e}", file=sys.stderr)
+        return 2
+    print(f"# {cfg.file}: OK")
+    print(yaml.safe_dump(cfg.raw, sort_keys=False), end="")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from logagent.status import print_status
+
+    return print_status(args.state_dir, args.json)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PLUGIN_COMMANDS:
+        module_name, help_text = PLUGIN_COMMANDS[argv[0]]
+        module = importlib.import_module(module_name)
+        parser = argparse.ArgumentParser(prog=f"logagent {argv[0]}", description=help_text)
+        module.configure(parser)
+        return int(module.run(parser.parse_args(argv[1:])))
+
+    parser = argparse.ArgumentParser(prog="logagent", description="Node log collection agent")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run the agent (embedded default config when no -c)")
+    p.add_argument("-c", "--config", help="config file (YAML)")
+    p.set_defaults(func=_cmd_run)
+    p = sub.add_parser("check", help="validate a config and print it resolved; exit 2 on error")
+    p.add_argument("-c", "--config", required=True)
+    p.set_defaults(func=_cmd_check)
+    p = sub.add_parser("status", help="tracked files with checkpointed offset, size and lag")
+    p.add_argument("--state-dir", default=os.environ.get("LOGAGENT_STATE_DIR", "/var/lib/logagent"))
+    p.add_argument("--json", action="store_true", help="one JSON object per tracked source")
+    p.set_defaults(func=_cmd_status)
+    for name, (_, help_text) in PLUGIN_COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

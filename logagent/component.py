@@ -1,0 +1,111 @@
+"""The three kinds of pipeline component and what they are given.
+
+An `Input` reads a source and emits `Batch`es, awaiting `emit` (which blocks when the pipeline is full: that is
+the backpressure). A `Stage` transforms a batch synchronously (parse, enrich, detect). An `Output` takes batches,
+ships them and acknowledges each batch's token once the backend confirmed it (or after dead-lettering records it
+rejected for good). Each component parses its settings once, from a `Section`, in `parse_settings`.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from logagent.checkpoint import CheckpointStore
+from logagent.config import AgentConfig, Section
+from logagent.deadletter import DeadLetter
+from logagent.record import Batch
+
+Emit = Callable[[Batch], Awaitable[None]]
+
+
+@dataclass
+class Context:
+    """What every component may use: the agent config, checkpoints, the dead-letter file, shared services."""
+
+    config: AgentConfig
+    checkpoints: CheckpointStore
+    dead_letter: DeadLetter
+    services: dict[str, Any] = field(default_factory=dict)
+
+    def service(self, name: str, factory: Callable[[], Any]) -> Any:
+        """A process-wide singleton (e.g. the Kubernetes metadata cache), created on first use."""
+        if name not in self.services:
+            self.services[name] = factory()
+        return self.services[name]
+
+
+class Component(abc.ABC):
+    type_name: ClassVar[str] = ""
+
+    def __init__(self, name: str, settings: Any, ctx: Context) -> None:
+        self.name = name
+        self.settings = settings
+        self.ctx = ctx
+        self.log = logging.getLogger(f"logagent.{self.kind()}.{name}")
+
+    @classmethod
+    def kind(cls) -> str:
+        return "component"
+
+    @classmethod
+    @abc.abstractmethod
+    def parse_settings(cls, section: Section) -> Any:
+        """Validate settings into a frozen dataclass; call `section.done()` to reject unknown keys."""
+
+
+class Input(Component):
+    @classmethod
+    def kind(cls) -> str:
+        return "input"
+
+    @abc.abstractmethod
+    async def run(self, emit: Emit) -> None:
+        """Read until `stop()` is called, emitting batches. Must not return early on a bad record."""
+
+    async def stop(self) -> None:
+        """Stop reading soon; `run` returns after emitting what it already read."""
+
+
+class Stage(Component):
+    @classmethod
+    def kind(cls) -> str:
+        return "stage"
+
+    async def start(self) -> None:
+        """Start background work (e.g. an API watch)."""
+
+    async def stop(self) -> None:
+        """Stop background work."""
+
+    @abc.abstractmethod
+    def process(self, batch: Batch) -> Iterable[Batch]:
+        """Return the batch (changed or not), several batches, or none. A batch that is not returned is
+        acknowledged by the pipeline; derived batches (events) carry a no-op token."""
+
+
+class Output(Component):
+    @classmethod
+    def kind(cls) -> str:
+        return "output"
+
+    async def start(self) -> None:
+        """Open connections, start flush timers."""
+
+    @abc.abstractmethod
+    async def send(self, batch: Batch) -> None:
+        """Take a batch; call `batch.ack.done()` exactly once when all of it is delivered or dead-lettered.
+        May await to apply backpressure (e.g. while too many requests are in flight)."""
+
+    async def flush(self) -> None:
+        """Ship what is buffered and wait for it (used at shutdown and reload)."""
+
+    async def stop(self) -> None:
+        """Close connections. Called after `flush`."""
+
+    def ready(self) -> bool:
+        """For /readyz: the backend is reachable or the buffer is below its limit."""
+        return True

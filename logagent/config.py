@@ -1,0 +1,411 @@
+"""Configuration: YAML loading and path-aware validation.
+
+Every component reads its settings through a `Section`, which knows the file and the key path it came from, so
+that any mistake is reported as `FILE: outputs[1].batch.max_bytes: expected a size like "5MiB", got "lots"`.
+Settings are validated once, at load time, into frozen dataclasses; nothing in the hot path walks dicts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(Exception):
+    """A configuration mistake; the message names the file and the key path."""
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)[bB]?\s*$")
+_SIZE_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|us|s|m|h|d)")
+_DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def parse_size(value: Any) -> int:
+    """'5MiB' -> 5242880, '10MB' -> 10000000, 4096 -> 4096. Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError
+        return value
+    m = _SIZE_RE.match(str(value))
+    if not m:
+        raise ValueError
+    number, unit, binary = m.groups()
+    base = 1024 if (binary or unit == "") else 1000
+    return int(float(number) * base ** _SIZE_UNITS[unit.lower()])
+
+
+def parse_duration(value: Any) -> float:
+    """'1.5s', '250ms', '1m30s', 5 (seconds) -> seconds as float. Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError
+        return float(value)
+    text = str(value).strip()
+    pos, total = 0, 0.0
+    for m in _DURATION_RE.finditer(text):
+        if m.start() != pos:
+            raise ValueError
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or pos == 0:
+        raise ValueError
+    return total
+
+
+def expand_env(text: str) -> str:
+    """`${VAR}` and `${VAR:-default}` in config values; an unset variable without default is an error."""
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise KeyError(name)
+
+    return _ENV_RE.sub(sub, text)
+
+
+_MISSING = object()
+
+
+class Section:
+    """A mapping from the config file with the key path it sits at."""
+
+    def __init__(self, data: Any, path: str, file: str) -> None:
+        self.file = file
+        self.path = path
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise self.error(f"expected a mapping, got {_describe(data)}", here=True)
+        self.data: dict[str, Any] = data
+        self._used: set[str] = set()
+
+    # -- errors ---------------------------------------------------------------------------------------------
+    def key_path(self, key: str | int | None = None) -> str:
+        if key is None:
+            return self.path or "<top>"
+        if isinstance(key, int):
+            return f"{self.path}[{key}]"
+        return f"{self.path}.{key}" if self.path else key
+
+    def error(self, message: str, key: str | int | None = None, here: bool = False) -> ConfigError:
+        where = self.key_path(None if here else key)
+        return ConfigError(f"{self.file}: {where}: {message}")
+
+    # -- access ---------------------------------------------------------------------------------------------
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def raw(self, key: str, default: Any = _MISSING) -> Any:
+        self._used.add(key)
+        if key in self.data and self.data[key] is not None:
+            value = self.data[key]
+            if isinstance(value, str):
+                try:
+                    value = expand_env(value)
+                except KeyError as e:
+                    raise self.error(f"environment variable {e.args[0]} is not set", key) from None
+            return value
+        if default is _MISSING:
+            raise self.error("is required", key)
+        return default
+
+    def str(self, key: str, default: Any = _MISSING, choices: tuple[str, ...] | None = None) -> Any:
+        value = self.raw(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise self.error(f"expected a string, got {_describe(value)}", key)
+        if choices is not None and value not in choices:
+            raise self.error(f"expected one of {', '.join(choices)}, got {value!r}", key)
+        return value
+
+    def int(self, key: str, default: Any = _MISSING, min: int | None = None, max: int | None = None) -> Any:
+        value = self.raw(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+                value = int(value)
+            else:
+                raise self.error(f"expected an integer, got {_describe(value)}", key)
+        if min is not None and value < min:
+            raise self.error(f"must be at least {min}, got {value}", key)
+        if max is not None and value > max:
+            raise self.error(f"must be at most {max}, got {value}", key)
+        return value
+
+    def float(self, key: str, default: Any = _MISSING, min: float | None = None) -> Any:
+        value = self.raw(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            value = float(value)
+        except (TypeError, ValueError):
+            raise self.error(f"expected a number, got {_describe(value)}", key) from None
+        if min is not None and value < min:
+            raise self.error(f"must be at least {min}, got {value}", key)
+        return value
+
+    def bool(self, key: str, default: Any = _MISSING) -> Any:
+        value = self.raw(key, default)
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise self.error(f"expected true or false, got {_describe(value)}", key)
+
+    def size(self, key: str, default: Any = _MISSING) -> Any:
+        value = self.raw(key, default)
+        if value is default and default is not _MISSING and not isinstance(default, str):
+            return value
+        try:
+            return parse_size(value)
+        except ValueError:
+            raise self.error(f'expected a size like "5MiB", got {_describe(value)}', key) from None
+
+    def duration(self, key: str, default: Any = _MISSING) -> Any:
+        value = self.raw(key, default)
+        if value is default and default is not _MISSING and not isinstance(default, str):
+            return value
+        try:
+            return parse_duration(value)
+        except ValueError:
+            raise self.error(f'expected a duration like "5s" or "250ms", got {_describe(value)}', key) from None
+
+    def str_list(self, key: str, default: Any = _MISSING) -> Any:
+        value = self.raw(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
+            raise self.error(f"expected a string or a list of strings, got {_describe(value)}", key)
+        out = []
+        for v in value:
+            try:
+                out.append(expand_env(str(v)))
+            except KeyError as e:
+                raise self.error(f"environment variable {e.args[0]} is not set", key) from None
+        return out
+
+    def str_map(self, key: str, default: Any = _MISSING) -> Any:
+        value = self.raw(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if not isinstance(value, dict):
+            raise self.error(f"expected a mapping, got {_describe(value)}", key)
+        return {str(k): "" if v is None else str(v) for k, v in value.items()}
+
+    def section(self, key: str, required: bool = False) -> Section:
+        value = self.raw(key, _MISSING if required else None)
+        return Section(value, self.key_path(key), self.file)
+
+    def sections(self, key: str) -> list[Section]:
+        value = self.raw(key, [])
+        if not isinstance(value, list):
+            raise self.error(f"expected a list, got {_describe(value)}", key)
+        return [Section(item, f"{self.key_path(key)}[{i}]", self.file) for i, item in enumerate(value)]
+
+    def secret(self, key: str, default: Any = _MISSING) -> Any:
+        """A secret given inline, as `{env: NAME}` or as `{file: PATH}` (re-read by the caller if it rotates)."""
+        value = self.raw(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if isinstance(value, dict):
+            sub = Section(value, self.key_path(key), self.file)
+            if sub.has("env"):
+                name = sub.str("env")
+                if name not in os.environ:
+                    raise sub.error(f"environment variable {name} is not set", "env")
+                sub.done()
+                return os.environ[name]
+            if sub.has("file"):
+                path = sub.str("file")
+                try:
+                    text = Path(path).read_text().strip()
+                except OSError as e:
+                    raise sub.error(f"cannot read secret file {path}: {e.strerror}", "file") from None
+                sub.done()
+                return text
+            raise self.error("expected a string, {env: NAME} or {file: PATH}", key)
+        if not isinstance(value, str):
+            raise self.error(f"expected a string, got {_describe(value)}", key)
+        return value
+
+    def done(self) -> None:
+        """Reject keys nobody asked for: a typo must not be silently ignored."""
+        unknown = sorted(set(self.data) - self._used)
+        if unknown:
+            known = ", ".join(sorted(self._used)) or "none"
+            raise self.error(f"unknown key (known keys here: {known})", unknown[0])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value) if value else "an empty string"
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Whole-file config
+
+
+@dataclass(frozen=True)
+class ComponentConfig:
+    """One `inputs[i]`, `pipeline[i]` or `outputs[i]` entry: its type, name and its own settings section."""
+
+    kind: str  # "input" | "stage" | "output"
+    type: str
+    name: str
+    section: Section
+    match: tuple[str, ...]  # outputs and stages: tag globs they take
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.name))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ComponentConfig) and self.fingerprint() == other.fingerprint()
+
+    def fingerprint(self) -> str:
+        """Identity for hot reload: same fingerprint means the component can keep running."""
+        return yaml.safe_dump(
+            {"kind": self.kind, "type": self.type, "name": self.name, "match": list(self.match),
+             "settings": self.section.data},
+            sort_keys=True,
+        )
+
+
+@dataclass(frozen=True)
+class Limits:
+    queue_batches: int  # batches waiting between inputs and the router
+    output_queue_batches: int  # batches waiting in front of each output
+    batch_max_records: int  # an input cuts a batch at this many records...
+    batch_max_bytes: int  # ...or this many bytes
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    file: str
+    state_dir: str
+    dead_letter_path: str
+    grace_period: float
+    checkpoint_interval: float
+    limits: Limits
+    inputs: tuple[ComponentConfig, ...]
+    stages: tuple[ComponentConfig, ...]
+    outputs: tuple[ComponentConfig, ...]
+    http: Section  # metrics/health server settings, read by logagent.http
+    log_level: str
+    raw: dict[str, Any]
+
+
+def _components(top: Section, key: str, kind: str, registry: dict[str, str]) -> tuple[ComponentConfig, ...]:
+    out = []
+    names: set[str] = set()
+    for i, sec in enumerate(top.sections(key)):
+        type_ = sec.str("type")
+        if type_ not in registry:
+            raise sec.error(f"unknown {kind} type {type_!r} (known: {', '.join(sorted(registry))})", "type")
+        name = sec.str("name", f"{type_}" if type_ not in names else f"{type_}_{i}")
+        if name in names:
+            raise sec.error(f"duplicate name {name!r}", "name")
+        names.add(name)
+        match: tuple[str, ...] = ()
+        if kind != "input":
+            match = tuple(sec.str_list("match", ["*"]))
+        out.append(ComponentConfig(kind, type_, name, sec, match))
+    return tuple(out)
+
+
+def parse_config(data: Any, file: str) -> AgentConfig:
+    """Validate a whole config document. Component settings are validated when components are built
+    (`logagent.registry.build_*`), which `load_config` does once so that every error surfaces at load."""
+    from logagent import registry
+
+    top = Section(data, "", file)
+    state_dir = top.str("state_dir", "/var/lib/logagent")
+    limits_sec = top.section("limits")
+    limits = Limits(
+        queue_batches=limits_sec.int("queue_batches", 64, min=1),
+        output_queue_batches=limits_sec.int("output_queue_batches", 16, min=1),
+        batch_max_records=limits_sec.int("batch_max_records", 8192, min=1),
+        batch_max_bytes=limits_sec.size("batch_max_bytes", 2 * 1024 * 1024),
+    )
+    limits_sec.done()
+    cfg = AgentConfig(
+        file=file,
+        state_dir=state_dir,
+        dead_letter_path=top.str("dead_letter_path", os.path.join(state_dir, "dead-letter.jsonl")),
+        grace_period=top.duration("grace_period", 10.0),
+        checkpoint_interval=top.duration("checkpoint_interval", 1.0),
+        limits=limits,
+        inputs=_components(top, "inputs", "input", registry.INPUTS),
+        stages=_components(top, "pipeline", "stage", registry.STAGES),
+        outputs=_components(top, "outputs", "output", registry.OUTPUTS),
+        http=top.section("http"),
+        log_level=top.str("log_level", "info", choices=("debug", "info", "warning", "error")),
+        raw=top.data,
+    )
+    if not cfg.inputs:
+        raise top.error("at least one input is required", "inputs")
+    if not cfg.outputs:
+        raise top.error("at least one output is required", "outputs")
+    top.done()
+    return cfg
+
+
+def load_yaml(text: str, file: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{file}: {where}invalid YAML: {problem}") from None
+
+
+def load_config(path: str | None) -> AgentConfig:
+    """Load and fully validate a config file (or the embedded default when path is None)."""
+    if path is None:
+        text = resources.files("logagent").joinpath("default.yaml").read_text()
+        file = "<embedded default>"
+    else:
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
+        file = path
+    cfg = parse_config(load_yaml(text, file), file)
+    from logagent import registry
+
+    registry.validate(cfg)
+    return cfg

@@ -1,0 +1,48 @@
+"""The agent's own metrics (Prometheus), defined once so every component uses the same names.
+
+Components increment these with batch-level calls (`inc(len(records))`), never per record.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+RECORDS_IN = Counter("logagent_input_records_total", "Records read by an input", ["input"], registry=REGISTRY)
+BYTES_IN = Counter("logagent_input_bytes_total", "Bytes read by an input", ["input"], registry=REGISTRY)
+RECORDS_OUT = Counter(
+    "logagent_output_records_total", "Records acknowledged by an output's backend", ["output"], registry=REGISTRY
+)
+BYTES_OUT = Counter(
+    "logagent_output_bytes_total", "Request body bytes sent by an output (after encoding)", ["output"],
+    registry=REGISTRY,
+)
+ERRORS = Counter(
+    "logagent_errors_total", "Errors by component and kind", ["component", "kind"], registry=REGISTRY
+)
+RETRIES = Counter("logagent_output_retries_total", "Requests retried by an output", ["output"], registry=REGISTRY)
+DEAD_LETTERED = Counter(
+    "logagent_dead_lettered_records_total", "Records written to the dead-letter file", ["output", "reason"],
+    registry=REGISTRY,
+)
+DROPPED = Counter(
+    "logagent_dropped_records_total", "Records dropped on purpose, by reason (e.g. excluded pod)",
+    ["component", "reason"], registry=REGISTRY,
+)
+FLAGGED = Counter(
+    "logagent_flagged_records_total",
+    "Records kept but flagged (truncated, invalid_utf8, unparsed...)", ["component", "flag"], registry=REGISTRY,
+)
+QUEUE_DEPTH = Gauge("logagent_queue_batches", "Batches waiting in a queue", ["queue"], registry=REGISTRY)
+INFLIGHT = Gauge("logagent_output_inflight_batches", "Batches an output holds unacknowledged", ["output"],
+                 registry=REGISTRY)
+FILES_TRACKED = Gauge("logagent_files_tracked", "Files an input is following", ["input"], registry=REGISTRY)
+FILE_LAG = Gauge(
+    "logagent_file_lag_bytes", "File size minus checkpointed offset", ["input", "path"], registry=REGISTRY
+)
+ROTATIONS = Counter("logagent_file_rotations_total", "Rotations seen, by kind", ["input", "kind"], registry=REGISTRY)
+KERNEL_SIGNATURES = Counter(
+    "logagent_kernel_signatures_total", "Kernel/node problem incidents by category and signature",
+    ["category", "signature"], registry=REGISTRY,
+)
