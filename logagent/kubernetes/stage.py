@@ -1,0 +1,298 @@
+"""`kubernetes` stage: who wrote this batch. Path metadata + the pod cache -> `meta["kubernetes"]`.
+
+Per batch (never per line): the file path is resolved once (cached), the pod looked up in the cache by uid /
+container id / name, and the resulting dict (built once per pod version and shared by every batch of the file)
+put in `batch.meta["kubernetes"]`. A pod the watch has not delivered yet gets what the path says; later batches
+get the rest. Pod annotations steer collection:
+
+    logagent.io/exclude: "true"          the pod's records are dropped (counted: dropped_records{reason=excluded})
+    logagent.io/multiline: java|python|go|node|ruby      } told to the file tailer when it opens the file,
+    logagent.io/parser: json|text                        } through ctx.services["file_overrides"](path)
+
+Sidecar envelopes (see logagent.sidecar) written to a container's stdout are unwrapped here: the original message,
+file name (`sidecar_file`) and fields come back instead of a JSON string inside a CRI line. A line that starts like
+an envelope but is not one stays as it was, flagged `sidecar_envelope_invalid`.
+
+This stage must never wait for the API server: the watch runs in the background and only fills the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from logagent import metrics
+from logagent.component import Context, Stage
+from logagent.config import Section
+from logagent.kubernetes.api import (
+    ApiCredentials,
+    PodWatcher,
+    WatchSettings,
+    in_cluster_credentials,
+    kubeconfig_credentials,
+)
+from logagent.kubernetes.cache import PodCache, PodEntry, container_meta, pod_meta
+from logagent.kubernetes.path import PathInfo, PathResolver
+from logagent.record import Batch
+
+log = logging.getLogger("logagent.kubernetes")
+
+EXCLUDE = "logagent.io/exclude"
+MULTILINE = "logagent.io/multiline"
+PARSER = "logagent.io/parser"
+SIDECAR_MARK = '{"logagent.sidecar":'
+SIDECAR_INVALID = "sidecar_envelope_invalid"
+# Record keys an envelope's fields may not overwrite: the node-side position (doc ids) and what we restore.
+_PROTECTED = frozenset({"message", "offset", "sidecar_file", "sidecar_offset"})
+
+
+@dataclass(frozen=True)
+class KubernetesSettings:
+    api: bool
+    kubeconfig: str | None
+    context: str | None
+    api_server: str | None
+    token_file: str | None
+    ca_file: str | None
+    node_name: str | None
+    annotations: tuple[str, ...]
+    deleted_pod_retention: float
+    tag_rewrite: bool
+    root: str
+    host_path_volumes: bool
+    sidecar_unwrap: bool
+    watch_timeout: float
+    request_timeout: float
+    backoff_initial: float
+    backoff_max: float
+
+
+class _SharedWatch:
+    """One list+watch per process, however many kubernetes stages the config has."""
+
+    def __init__(self) -> None:
+        self.watcher: PodWatcher | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.users = 0
+
+
+class KubernetesMetadata(Stage):
+    type_name = "kubernetes"
+    settings: KubernetesSettings
+
+    @classmethod
+    def parse_settings(cls, section: Section) -> KubernetesSettings:
+        s = KubernetesSettings(
+            api=section.bool("api", True),
+            kubeconfig=section.str("kubeconfig", None),
+            context=section.str("context", None),
+            api_server=section.str("api_server", None),
+            token_file=section.str("token_file", None),
+            ca_file=section.str("ca_file", None),
+            node_name=section.str("node_name", None),
+            annotations=tuple(section.str_list("annotations", [])),
+            deleted_pod_retention=section.duration("deleted_pod_retention", 300.0),
+            tag_rewrite=section.bool("tag_rewrite", False),
+            root=section.str("root", ""),
+            host_path_volumes=section.bool("host_path_volumes", False),
+            sidecar_unwrap=section.bool("sidecar_unwrap", True),
+            watch_timeout=section.duration("watch_timeout", 300.0),
+            request_timeout=section.duration("request_timeout", 10.0),
+            backoff_initial=section.duration("backoff_initial", 0.5),
+            backoff_max=section.duration("backoff_max", 30.0),
+        )
+        if s.api_server is not None and not s.api_server.startswith(("http://", "https://")):
+            raise section.error(f"expected an http:// or https:// URL, got {s.api_server!r}", "api_server")
+        if s.backoff_initial <= 0:
+            raise section.error("must be more than 0", "backoff_initial")
+        section.done()
+        return s
+
+    def __init__(self, name: str, settings: KubernetesSettings, ctx: Context) -> None:
+        super().__init__(name, settings, ctx)
+        self.resolver = PathResolver(settings.root)
+        self.cache: PodCache = ctx.service(
+            "kubernetes", lambda: PodCache(settings.deleted_pod_retention, settings.annotations))
+        self._shared: _SharedWatch = ctx.service("kubernetes.watch", _SharedWatch)
+        # path -> (pod entry it was built from, its version, meta dict or None, excluded)
+        self._by_path: dict[str, tuple[PodEntry | None, int, dict[str, Any] | None, bool]] = {}
+        self._dropped = metrics.DROPPED.labels(component=name, reason="excluded")
+        self._flagged = metrics.FLAGGED.labels(component=name, flag=SIDECAR_INVALID)
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    @property
+    def watcher(self) -> PodWatcher | None:
+        return self._shared.watcher
+
+    async def start(self) -> None:
+        self.ctx.services["file_overrides"] = self.file_overrides
+        self._shared.users += 1
+        if self._shared.task is not None or not self.settings.api:
+            return
+        creds = self._credentials()
+        if creds is None:
+            return
+        node = self.settings.node_name or os.environ.get("NODE_NAME") or socket.gethostname()
+        s = self.settings
+        watch = WatchSettings(node_name=node, watch_timeout=s.watch_timeout, request_timeout=s.request_timeout,
+                              backoff_initial=s.backoff_initial, backoff_max=s.backoff_max)
+        self._shared.watcher = PodWatcher(creds, watch, self.cache)
+        self._shared.task = asyncio.create_task(self._shared.watcher.run(), name="kubernetes-watch")
+        log.info("watching pods", extra={"server": creds.server, "node": node})
+
+    def _credentials(self) -> ApiCredentials | None:
+        s = self.settings
+        try:
+            if s.kubeconfig:
+                return kubeconfig_credentials(s.kubeconfig, s.context, s.api_server)
+            creds = in_cluster_credentials(s.api_server, s.token_file, s.ca_file)
+        except (ValueError, OSError) as e:
+            metrics.ERRORS.labels(component=self.name, kind="api_config").inc()
+            log.error("kubernetes API credentials unusable; tagging from paths only", extra={"error": str(e)})
+            return None
+        if creds is None:
+            log.warning("not in a cluster and no api_server or kubeconfig set; tagging from paths only")
+        return creds
+
+    async def stop(self) -> None:
+        self._shared.users -= 1
+        if self._shared.users <= 0 and self._shared.task is not None:
+            self._shared.task.cancel()
+            try:
+                await self._shared.task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._shared.task = None
+            self._shared.watcher = None
+
+    # -- lookups --------------------------------------------------------------------------------------------
+    def _entry_for(self, info: PathInfo) -> PodEntry | None:
+        cache = self.cache
+        entry = cache.pod(info.pod_uid)
+        if entry is None and info.container_id:
+            entry = cache.find_container(info.container_id)
+        if entry is None and info.layout != "volume":
+            entry = cache.find(info.namespace, info.pod)
+            if entry is not None and info.pod_uid and entry.uid != info.pod_uid:
+                entry = None  # same name, other pod (a StatefulSet's next incarnation)
+        return entry
+
+    def lookup(self, path: str) -> tuple[dict[str, Any] | None, bool]:
+        """(meta["kubernetes"] for the file, excluded?) — cached per path and pod version."""
+        info = self.resolver.resolve(path)
+        volume: str | None = None
+        if info is not None:
+            entry = self._entry_for(info)
+        elif self.settings.host_path_volumes:
+            owner = self.cache.host_path_owner(path[len(self.settings.root.rstrip("/")):] if self.settings.root
+                                               else path)
+            entry, volume = owner if owner else (None, None)
+        else:
+            return None, False
+        version = entry.version if entry is not None else 0
+        cached = self._by_path.get(path)
+        if cached is not None and cached[0] is entry and cached[1] == version:
+            return cached[2], cached[3]
+        if entry is not None:
+            if info is not None:
+                meta = container_meta(entry, info.container, info.restart_count, info.container_id)
+                volume = info.volume
+            else:
+                meta = pod_meta(entry)
+            if volume is not None:
+                meta["volume"] = volume
+            excluded = entry.annotations.get(EXCLUDE, "").lower() == "true"
+        elif info is not None:
+            meta, excluded = info.as_meta(), False
+        else:
+            meta, excluded = None, False
+        if len(self._by_path) > 20000:
+            self._by_path.clear()
+        self._by_path[path] = (entry, version, meta, excluded)
+        return meta, excluded
+
+    def file_overrides(self, path: str) -> dict[str, Any] | None:
+        """Asked by the file tailer when it opens a file: what the pod's annotations say about reading it."""
+        info = self.resolver.resolve(path)
+        if info is None:
+            return None
+        entry = self._entry_for(info)
+        if entry is None:
+            return None
+        ann = entry.annotations
+        out: dict[str, Any] = {}
+        if ann.get(EXCLUDE, "").lower() == "true":
+            out["exclude"] = True
+        if ann.get(MULTILINE):
+            out["multiline"] = ann[MULTILINE]
+        if ann.get(PARSER):
+            out["parser"] = ann[PARSER]
+        return out or None
+
+    # -- the hot path ---------------------------------------------------------------------------------------
+    def process(self, batch: Batch) -> Iterable[Batch]:
+        path = batch.meta.get("path")
+        if path is not None:
+            kmeta, excluded = self.lookup(path)
+            if excluded:
+                self._dropped.inc(len(batch.records))
+                return ()
+            if kmeta is not None:
+                # A new meta dict: the input may reuse its own between batches of one file.
+                batch.meta = {**batch.meta, "kubernetes": kmeta}
+                if self.settings.tag_rewrite:
+                    batch.tag = self._tag(batch.tag, kmeta)
+        if self.settings.sidecar_unwrap and batch.records:
+            self._unwrap_sidecar(batch)
+        return (batch,)
+
+    @staticmethod
+    def _tag(tag: str, kmeta: dict[str, Any]) -> str:
+        """`<tag>.<namespace>.<pod>.<container or volume>`; unchanged until all three are known. One f-string per
+        batch is cheaper than caching it."""
+        leaf = kmeta.get("container") or kmeta.get("volume")
+        ns, pod = kmeta.get("namespace"), kmeta.get("pod")
+        if ns and pod and leaf:
+            return f"{tag}.{ns}.{pod}.{leaf}"
+        return tag
+
+    def _unwrap_sidecar(self, batch: Batch) -> None:
+        mark = SIDECAR_MARK
+        hits = [r for r in batch.records if r.get("message", "").startswith(mark)]
+        if not hits:
+            return
+        bad = 0
+        loads = orjson.loads
+        for rec in hits:
+            try:
+                env = loads(rec["message"])
+                ok = (isinstance(env, dict) and env.get("logagent.sidecar") == 1
+                      and isinstance(env.get("message"), str) and isinstance(env.get("file"), str))
+            except orjson.JSONDecodeError:
+                ok = False
+            if not ok:
+                bad += 1
+                rec["flags"] = [*rec.get("flags", ()), SIDECAR_INVALID]
+                continue
+            fields = env.get("fields")
+            if isinstance(fields, dict):
+                for key, value in fields.items():
+                    if key in _PROTECTED:
+                        continue
+                    if key == "flags" and isinstance(value, list):
+                        rec["flags"] = [*rec.get("flags", ()), *value]
+                    else:
+                        rec[key] = value
+            rec["message"] = env["message"]
+            rec["sidecar_file"] = env["file"]
+            if "offset" in env:
+                rec["sidecar_offset"] = env["offset"]
+        if bad:
+            self._flagged.inc(bad)
