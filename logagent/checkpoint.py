@@ -122,6 +122,10 @@ class PositionTracker:
     def outstanding(self, key: str) -> int:
         return len(self._outstanding.get(key, ()))
 
+    def pending(self) -> int:
+        """Tokens handed out and not yet committed, over all keys (hot reload waits for 0)."""
+        return sum(len(q) for q in self._outstanding.values())
+
     def _advance(self, key: str) -> None:
         queue = self._outstanding.get(key)
         latest = None

@@ -5,9 +5,11 @@ Components increment these with batch-level calls (`inc(len(records))`), never p
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# process_cpu_seconds_total, process_resident_memory_bytes, open fds...: what an operator checks first.
+ProcessCollector(registry=REGISTRY)
 
 RECORDS_IN = Counter("logagent_input_records_total", "Records read by an input", ["input"], registry=REGISTRY)
 BYTES_IN = Counter("logagent_input_bytes_total", "Bytes read by an input", ["input"], registry=REGISTRY)
@@ -45,4 +47,11 @@ ROTATIONS = Counter("logagent_file_rotations_total", "Rotations seen, by kind", 
 KERNEL_SIGNATURES = Counter(
     "logagent_kernel_signatures_total", "Kernel/node problem incidents by category and signature",
     ["category", "signature"], registry=REGISTRY,
+)
+CONFIG_RELOADS = Counter(
+    "logagent_config_reloads_total", "Config reloads by result (applied, rejected)", ["result"], registry=REGISTRY
+)
+CONFIG_LAST_RELOAD_OK = Gauge(
+    "logagent_config_last_reload_successful", "1 if the last config reload was applied, 0 if rejected",
+    registry=REGISTRY,
 )

@@ -16,6 +16,7 @@ shared once per output it is routed to; its position is checkpointed when all of
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fnmatch
 import logging
 import os
@@ -85,6 +86,8 @@ class Pipeline:
         self._router_task: asyncio.Task[None] | None = None
         self._checkpoint_task: asyncio.Task[None] | None = None
         self.started = asyncio.Event()
+        self._routing = asyncio.Lock()  # held by the router per batch: reload swaps components between batches
+        self._ops = _Operations()
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -127,14 +130,19 @@ class Pipeline:
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, on_signal, sig)
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
+            await self._start_operations()
             await self.start()
+            self._operations_ready()
             await self._stopping.wait()
+            await self._operations_stopping()
             await self.shutdown()
         finally:
             if install_signals:
-                for sig in (signal.SIGTERM, signal.SIGINT):
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
+            await self._stop_operations()
         return 0
 
     async def shutdown(self) -> None:
@@ -207,14 +215,16 @@ class Pipeline:
             except asyncio.TimeoutError:
                 ri.task.cancel()
 
-    async def _start_output(self, comp: ComponentConfig) -> None:
+    async def _start_output(self, comp: ComponentConfig, register: bool = True) -> _RunningOutput:
         out: Output = registry.build(comp, self.ctx)
         await out.start()
         ro = _RunningOutput(comp, out, asyncio.Queue(maxsize=self.config.limits.output_queue_batches),
                             match=comp.match)
         ro.task = asyncio.create_task(self._run_output(ro), name=f"output:{comp.name}")
-        self.outputs[comp.name] = ro
-        self._route_cache.clear()
+        if register:  # a reload registers its new outputs itself, all at once, between two batches
+            self.outputs[comp.name] = ro
+            self._route_cache.clear()
+        return ro
 
     async def _run_output(self, ro: _RunningOutput) -> None:
         name = ro.comp.name
@@ -287,14 +297,261 @@ class Pipeline:
                 for ro in self.outputs.values():
                     await ro.queue.put(_STOP)
                 return
-            for b in self.apply_stages(batch):
-                await self.dispatch(b)
+            async with self._routing:
+                for b in self.apply_stages(batch):
+                    await self.dispatch(b)
 
     async def dispatch(self, batch: Batch) -> None:
         targets = self._targets(batch.tag)
         batch.ack.share(len(targets))
         for ro in targets:
             await ro.queue.put(batch)
+
+    # -- operations: health, readiness, hot reload (logagent.http, logagent.sdnotify, logagent.reload) ---------
+    def health(self) -> tuple[bool, str]:
+        """For /healthz and the systemd watchdog: the loop is responsive and the pipeline's own tasks run."""
+        hb = self._ops.heartbeat
+        if hb is not None and hb.age() > self._ops.stall_timeout:
+            return False, f"event loop stalled: last heartbeat {hb.age():.1f}s ago"
+        if not self._stopping.is_set():
+            for what, task in (("router", self._router_task), ("checkpoints", self._checkpoint_task)):
+                if task is not None and task.done():
+                    return False, f"{what} task ended"
+        return True, "ok"
+
+    def readiness(self) -> tuple[bool, dict[str, str]]:
+        """For /readyz: started, not stopping, and every output reachable or buffering below its limit."""
+        if not self.started.is_set():
+            return False, {"pipeline": "starting"}
+        if self._stopping.is_set():
+            return False, {"pipeline": "stopping"}
+        not_ready: dict[str, str] = {}
+        for name, ro in self.outputs.items():
+            try:
+                ok = ro.output.ready()
+            except Exception as e:
+                ok = False
+                log.warning("output ready() failed", extra={"output": name, "error": repr(e)})
+            if not ok:
+                not_ready[f"output:{name}"] = "backend unreachable or buffer at its limit"
+        return not not_ready, not_ready
+
+    async def _start_operations(self) -> None:
+        from logagent.http import HealthServer, LoopHeartbeat, parse_http_settings
+        from logagent.sdnotify import Notifier
+
+        ops = self._ops
+        ops.notifier = Notifier()
+        ops.heartbeat = LoopHeartbeat()
+        ops.heartbeat.start()
+        settings = parse_http_settings(self.config.http)
+        ops.stall_timeout = settings.stall_timeout
+        if settings.enabled:
+            server = HealthServer(settings, self.health, self.readiness)
+            try:
+                await server.start()
+                ops.server = server
+            except OSError as e:
+                # Collecting logs matters more than exposing metrics: keep running, loudly.
+                metrics.ERRORS.labels(component="http", kind="listen_failed").inc()
+                log.error("http server cannot listen; running without /metrics, /healthz and /readyz",
+                          extra={"address": f"{settings.host}:{settings.port}", "error": str(e)})
+
+    def _operations_ready(self) -> None:
+        from logagent.reload import write_pidfile
+        from logagent.sdnotify import feed_watchdog, watchdog_interval
+
+        ops = self._ops
+        ops.pidfile = write_pidfile(self.config.state_dir)
+        ops.notifier.ready(f"running: {len(self.inputs)} inputs, {len(self.outputs)} outputs")
+        interval = watchdog_interval()
+        if interval is not None:
+            ops.watchdog_task = asyncio.create_task(feed_watchdog(ops.notifier, interval, self.health),
+                                                    name="watchdog")
+
+    async def _operations_stopping(self) -> None:
+        ops = self._ops
+        ops.notifier.stopping("shutting down: draining in-flight batches")
+        task = ops.reload_task
+        if task is not None and not task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(task), self.config.grace_period)
+            except asyncio.TimeoutError:
+                log.warning("reload still running at shutdown; cancelling it")
+                task.cancel()
+
+    async def _stop_operations(self) -> None:
+        from logagent.reload import remove_pidfile
+
+        ops = self._ops
+        for task in (ops.watchdog_task, ops.reload_task):
+            if task is not None and not task.done():
+                task.cancel()
+        if ops.heartbeat is not None:
+            ops.heartbeat.stop()
+        if ops.server is not None:
+            await ops.server.stop()
+        if ops.pidfile is not None:
+            remove_pidfile(ops.pidfile)
+
+    def request_reload(self) -> None:
+        """SIGHUP: re-read the config file. Reloads run one at a time; a request during one runs after it."""
+        ops = self._ops
+        if self._stopping.is_set() or not self.started.is_set():
+            log.warning("reload requested while starting or stopping; ignored")
+            return
+        if ops.reload_task is not None and not ops.reload_task.done():
+            ops.reload_again = True
+            return
+        ops.reload_task = asyncio.create_task(self._reload_requests(), name="reload")
+
+    async def _reload_requests(self) -> None:
+        while True:
+            self._ops.reload_again = False
+            await self.reload_from_file()
+            if not self._ops.reload_again or self._stopping.is_set():
+                return
+
+    async def reload_from_file(self) -> bool:
+        """Re-read and validate the config file and apply it; an invalid one is rejected and logged, and the
+        running config stays in effect. Returns whether the new config was applied."""
+        from logagent.config import ConfigError, load_config
+        from logagent.reload import write_reload_status
+
+        ops = self._ops
+        if ops.notifier is not None:
+            ops.notifier.reloading()
+        path = None if self.config.file == "<embedded default>" else self.config.file
+        log.info("reloading config", extra={"file": self.config.file})
+        error: str | None = None
+        try:
+            await self.reload(load_config(path))
+        except ConfigError as e:
+            error = str(e)
+            log.error("config reload rejected; the running config stays in effect", extra={"error": error})
+        except Exception as e:
+            error = f"{type(e).__name__}: {e}"
+            log.exception("config reload failed; the running config stays in effect", extra={"error": error})
+        metrics.CONFIG_RELOADS.labels(result="rejected" if error else "applied").inc()
+        metrics.CONFIG_LAST_RELOAD_OK.set(0 if error else 1)
+        ops.reload_generation += 1
+        write_reload_status(self.config.state_dir, ops.reload_generation, error)
+        if ops.notifier is not None:
+            ops.notifier.ready("reload rejected: " + error.splitlines()[0] if error else "config reloaded")
+        return error is None
+
+    async def reload(self, new_cfg: AgentConfig) -> None:
+        """Apply a validated config to the running pipeline.
+
+        Components whose `fingerprint()` is unchanged keep running. New and changed outputs are started first (a
+        failing start rejects the reload with nothing changed); then, between two batches, the router switches to
+        the new outputs and stages; the replaced outputs get no new batches, are drained and stopped. A changed
+        input is stopped and its replacement starts only once every batch it emitted is acknowledged, so it
+        resumes from exactly the committed position: no record is lost or read twice.
+        """
+        old = self.config
+        loop = asyncio.get_running_loop()
+        grace = new_cfg.grace_period
+        for attr in ("state_dir", "dead_letter_path", "limits", "checkpoint_interval"):
+            if getattr(new_cfg, attr) != getattr(old, attr):
+                log.warning("setting changes apply on restart only; keeping the running value",
+                            extra={"setting": attr})
+        if new_cfg.http.data != old.http.data:
+            log.warning("setting changes apply on restart only; keeping the running value", extra={"setting": "http"})
+        new_cfg = dataclasses.replace(new_cfg, state_dir=old.state_dir, dead_letter_path=old.dead_letter_path,
+                                      limits=old.limits, checkpoint_interval=old.checkpoint_interval, http=old.http)
+
+        keep_out = {c.name for c in new_cfg.outputs
+                    if c.name in self.outputs and self.outputs[c.name].comp.fingerprint() == c.fingerprint()}
+        old_stages = {rs.comp.name: rs for rs in self.stages}
+        started: dict[str, _RunningOutput] = {}
+        new_stages: list[_RunningStage] = []
+        stages: list[_RunningStage] = []
+        try:
+            for comp in new_cfg.outputs:
+                if comp.name not in keep_out:
+                    started[comp.name] = await self._start_output(comp, register=False)
+            for comp in new_cfg.stages:
+                rs = old_stages.get(comp.name)
+                if rs is None or rs.comp.fingerprint() != comp.fingerprint():
+                    stage = registry.build(comp, self.ctx)
+                    await stage.start()
+                    rs = _RunningStage(comp, stage, comp.match)
+                    new_stages.append(rs)
+                stages.append(rs)
+            try:
+                # The router holds this lock for one batch at a time; an output whose backend accepts nothing can
+                # hold the router, and then the reload is refused rather than waiting forever.
+                await asyncio.wait_for(self._routing.acquire(), grace)
+            except asyncio.TimeoutError:
+                stuck = [n for n, ro in self.outputs.items() if ro.queue.full()]
+                raise RuntimeError(f"the router is blocked on full outputs {stuck}: restart to replace them") from None
+        except BaseException:
+            for ro in started.values():
+                if ro.task is not None:
+                    ro.task.cancel()
+                await ro.output.stop()
+            for rs in new_stages:
+                await rs.stage.stop()
+            raise
+        try:
+            retired = [ro for name, ro in self.outputs.items() if name not in keep_out]
+            self.outputs = {c.name: started.get(c.name) or self.outputs[c.name] for c in new_cfg.outputs}
+            kept_stage_ids = {id(rs) for rs in stages}
+            retired_stages = [rs for rs in self.stages if id(rs) not in kept_stage_ids]
+            self.stages = stages
+            self._route_cache.clear()
+            self._stage_cache.clear()
+            self.config = new_cfg
+            self.ctx.config = new_cfg
+        finally:
+            self._routing.release()
+
+        new_inputs = {c.name: c for c in new_cfg.inputs}
+        replaced_inputs = [name for name, ri in self.inputs.items()
+                           if name not in new_inputs or ri.comp.fingerprint() != new_inputs[name].fingerprint()]
+        added_inputs = [name for name in new_inputs if name not in self.inputs]
+
+        async def retire_output(ro: _RunningOutput) -> None:
+            await ro.queue.put(_STOP)  # after every batch it was given: it flushes them, then its task ends
+            if ro.task is not None:
+                await self._await_slowly(ro.task, f"output {ro.comp.name} draining", grace)
+            await ro.output.stop()
+
+        async def replace_input(name: str) -> None:
+            if name in self.inputs:
+                await self._stop_input(name, loop.time() + grace)
+                tracker = self.ctx.checkpoints.tracker(name)
+                await self._await_slowly(self._acknowledged(tracker), f"input {name} acknowledgements", grace)
+                tracker.listeners.clear()  # the stopped input's; its replacement registers its own
+                tracker.flush()
+            if name in new_inputs:
+                self._start_input(new_inputs[name])
+
+        await asyncio.gather(*(retire_output(ro) for ro in retired),
+                             *(replace_input(n) for n in [*replaced_inputs, *added_inputs]))
+        for rs in retired_stages:
+            await rs.stage.stop()
+        log.info("config reloaded", extra={
+            "outputs_replaced": [ro.comp.name for ro in retired], "outputs_started": list(started),
+            "inputs_replaced": replaced_inputs, "inputs_started": added_inputs,
+            "stages_replaced": [rs.comp.name for rs in retired_stages]})
+
+    @staticmethod
+    async def _acknowledged(tracker: Any) -> None:
+        while tracker.pending():
+            await asyncio.sleep(0.02)
+
+    @staticmethod
+    async def _await_slowly(aw: Any, what: str, warn_after: float) -> None:
+        """Wait without a deadline (giving up would lose or duplicate records), warning when it takes long."""
+        task = asyncio.ensure_future(aw)
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=warn_after)
+            if done:
+                task.result()
+                return
+            log.warning("reload still waiting", extra={"for": what})
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     async def _checkpoint_loop(self) -> None:
@@ -305,6 +562,21 @@ class Pipeline:
             except Exception:
                 metrics.ERRORS.labels(component="checkpoints", kind="write_failed").inc()
                 log.exception("checkpoint write failed; will retry")
+
+
+@dataclass
+class _Operations:
+    """The operational side of a running agent: health server, systemd notifications, pidfile, reloads."""
+
+    server: Any = None  # logagent.http.HealthServer
+    heartbeat: Any = None  # logagent.http.LoopHeartbeat
+    notifier: Any = None  # logagent.sdnotify.Notifier
+    stall_timeout: float = 10.0
+    watchdog_task: asyncio.Task[None] | None = None
+    reload_task: asyncio.Task[None] | None = None
+    reload_again: bool = False
+    reload_generation: int = 0
+    pidfile: str | None = None
 
 
 async def run_agent(cfg: AgentConfig) -> int:
