@@ -308,6 +308,7 @@ class ComponentConfig:
 class Limits:
     queue_batches: int  # batches waiting between inputs and the router
     output_queue_batches: int  # batches waiting in front of each output
+    output_max_unacked_batches: int  # batches an output may hold unacknowledged (queue included)
     batch_max_records: int  # an input cuts a batch at this many records...
     batch_max_bytes: int  # ...or this many bytes
 
@@ -357,6 +358,7 @@ def parse_config(data: Any, file: str) -> AgentConfig:
     limits = Limits(
         queue_batches=limits_sec.int("queue_batches", 64, min=1),
         output_queue_batches=limits_sec.int("output_queue_batches", 16, min=1),
+        output_max_unacked_batches=limits_sec.int("output_max_unacked_batches", 64, min=1),
         batch_max_records=limits_sec.int("batch_max_records", 8192, min=1),
         batch_max_bytes=limits_sec.size("batch_max_bytes", 2 * 1024 * 1024),
     )

@@ -21,7 +21,7 @@ import fnmatch
 import logging
 import os
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ from logagent.checkpoint import CheckpointStore
 from logagent.component import Context, Input, Output, Stage
 from logagent.config import AgentConfig, ComponentConfig
 from logagent.deadletter import DeadLetter
-from logagent.record import Batch
+from logagent.record import AckToken, Batch
 
 log = logging.getLogger("logagent.pipeline")
 
@@ -53,6 +53,7 @@ class _RunningOutput:
     comp: ComponentConfig
     output: Output
     queue: asyncio.Queue[Any]
+    unacked: asyncio.Semaphore  # batches handed to this output and not yet acknowledged by it
     task: asyncio.Task[None] | None = None
     match: tuple[str, ...] = ()
 
@@ -218,8 +219,9 @@ class Pipeline:
     async def _start_output(self, comp: ComponentConfig, register: bool = True) -> _RunningOutput:
         out: Output = registry.build(comp, self.ctx)
         await out.start()
-        ro = _RunningOutput(comp, out, asyncio.Queue(maxsize=self.config.limits.output_queue_batches),
-                            match=comp.match)
+        limits = self.config.limits
+        ro = _RunningOutput(comp, out, asyncio.Queue(maxsize=limits.output_queue_batches),
+                            asyncio.Semaphore(limits.output_max_unacked_batches), match=comp.match)
         ro.task = asyncio.create_task(self._run_output(ro), name=f"output:{comp.name}")
         if register:  # a reload registers its new outputs itself, all at once, between two batches
             self.outputs[comp.name] = ro
@@ -302,10 +304,21 @@ class Pipeline:
                     await self.dispatch(b)
 
     async def dispatch(self, batch: Batch) -> None:
+        """Hand a batch to every output whose `match` selects its tag.
+
+        Each output gets its own view of the batch with its own token, whose acknowledgement frees one of the
+        output's `output_max_unacked_batches` slots: an output that accepts batches faster than its backend
+        confirms them is held here, so memory stays bounded whatever the output does.
+        """
         targets = self._targets(batch.tag)
-        batch.ack.share(len(targets))
-        for ro in targets:
-            await ro.queue.put(batch)
+        if not targets:
+            batch.ack.done()
+            return
+        shares = batch.ack.split(len(targets))
+        for ro, share in zip(targets, shares):
+            await ro.unacked.acquire()
+            view = Batch(batch.tag, batch.records, batch.meta, AckToken(_release(ro.unacked, share)), batch.nbytes)
+            await ro.queue.put(view)
 
     # -- operations: health, readiness, hot reload (logagent.http, logagent.sdnotify, logagent.reload) ---------
     def health(self) -> tuple[bool, str]:
@@ -577,6 +590,14 @@ class _Operations:
     reload_again: bool = False
     reload_generation: int = 0
     pidfile: str | None = None
+
+
+def _release(slots: asyncio.Semaphore, share: AckToken) -> Callable[[], None]:
+    def on_done() -> None:
+        slots.release()
+        share.done()
+
+    return on_done
 
 
 async def run_agent(cfg: AgentConfig) -> int:

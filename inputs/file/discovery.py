@@ -1,0 +1,97 @@
+"""Which files the input follows: globs minus excludes, and which directories to watch for them.
+
+Globs match paths as the user wrote them, symlinks included (`/var/log/containers/*.log` are symlinks into
+`/var/log/pods`); the file behind a symlink is what gets read. A directory that matches a glob is skipped (the
+caller logs why). This module only looks at names and stat results; it never opens a file.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import os
+import stat
+from dataclasses import dataclass, field
+
+_MAGIC = ("*", "?", "[")
+
+
+def has_magic(part: str) -> bool:
+    return any(c in part for c in _MAGIC)
+
+
+@dataclass(frozen=True)
+class Found:
+    path: str  # as matched by the glob
+    dev: int
+    ino: int
+    size: int
+
+
+@dataclass
+class ScanResult:
+    files: dict[str, Found] = field(default_factory=dict)
+    directories: list[str] = field(default_factory=list)  # matched a glob but are directories
+    vanished: list[str] = field(default_factory=list)  # matched, then gone before stat (or dangling symlinks)
+
+
+class FileGlobs:
+    def __init__(self, paths: tuple[str, ...], exclude: tuple[str, ...]) -> None:
+        self.paths = paths
+        self.exclude = exclude
+        self._split = [p.split("/") for p in paths]
+
+    def excluded(self, path: str) -> bool:
+        base = os.path.basename(path)
+        for pat in self.exclude:
+            if fnmatch.fnmatchcase(path, pat) or ("/" not in pat and fnmatch.fnmatchcase(base, pat)):
+                return True
+        return False
+
+    def matches(self, path: str) -> bool:
+        """Does `path` match one of the globs (and no exclude)? Same rules as glob: `*` stays in one directory."""
+        parts = path.split("/")
+        for pat in self._split:
+            if "**" in pat:
+                if fnmatch.fnmatchcase(path, "/".join(pat).replace("**", "*")):
+                    return not self.excluded(path)
+                continue
+            if len(pat) == len(parts) and all(
+                p == q or (has_magic(p) and fnmatch.fnmatchcase(q, p)) for p, q in zip(pat, parts)
+            ):
+                return not self.excluded(path)
+        return False
+
+    def scan(self) -> ScanResult:
+        out = ScanResult()
+        seen: set[str] = set()
+        for pattern in self.paths:
+            for path in glob.iglob(pattern, recursive=True):
+                if path in seen or self.excluded(path):
+                    continue
+                seen.add(path)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    out.vanished.append(path)
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    out.directories.append(path)
+                    continue
+                out.files[path] = Found(path, st.st_dev, st.st_ino, st.st_size)
+        return out
+
+    def watch_roots(self) -> list[tuple[str, bool]]:
+        """(directory, recursive) to watch for files appearing: the fixed prefix of each glob; recursive when a
+        directory part of the glob has wildcards (e.g. /var/log/pods/*/*/*.log)."""
+        roots: dict[str, bool] = {}
+        for parts in self._split:
+            fixed: list[str] = []
+            for part in parts[:-1]:
+                if has_magic(part):
+                    break
+                fixed.append(part)
+            directory = "/".join(fixed) or "/"
+            recursive = len(fixed) < len(parts) - 1
+            roots[directory] = roots.get(directory, False) or recursive
+        return sorted(roots.items())

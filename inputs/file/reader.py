@@ -1,0 +1,151 @@
+"""Turning the bytes of one file into lines: the data path of the tailer.
+
+`LineSplitter` takes chunks as they are read (large reads, ~1 MiB) and returns the complete lines in them with
+the file offset where each starts. Everything per chunk is a C-level call: one `rfind`, one `decode`, one
+`split`, `accumulate` over the lengths. Per-line Python work happens only on the rare paths: invalid UTF-8 and
+over-long lines.
+
+It holds at most one incomplete line (bounded by `max_line_bytes`): a longer line is cut, the first
+`max_line_bytes` are returned flagged `truncated`, and the rest is skipped up to its newline, across reads,
+without buffering it. It never drops a byte silently: every skipped byte belongs to a line that was returned
+flagged.
+"""
+
+from __future__ import annotations
+
+from itertools import accumulate
+
+Lines = tuple[list[str], list[int], dict[int, list[str]] | None]
+_EMPTY: Lines = ([], [], None)
+_PLUS_ONE = (1).__add__
+
+
+def _decode_cut(raw: bytes, limit: int) -> tuple[str, bool]:
+    """The first `limit` bytes of a line as text, cut on a character boundary. Returns (text, valid_utf8)."""
+    cut = min(limit, len(raw))
+    # step back over UTF-8 continuation bytes so a character is not split by the cut
+    back = 0
+    while 0 < cut < len(raw) and back < 3 and (raw[cut] & 0xC0) == 0x80:
+        cut -= 1
+        back += 1
+    part = raw[:cut]
+    try:
+        return part.decode("utf-8"), True
+    except UnicodeDecodeError:
+        return part.decode("utf-8", errors="replace"), False
+
+
+class LineSplitter:
+    __slots__ = ("max_line", "pending", "pending_start", "pending_since", "skipping")
+
+    def __init__(self, max_line_bytes: int, offset: int = 0, skipping: bool = False) -> None:
+        self.max_line = max_line_bytes
+        self.pending = b""  # an incomplete last line
+        self.pending_start = offset  # file offset where `pending` (the next line) starts
+        self.pending_since = 0.0  # when `pending` started being held
+        self.skipping = skipping  # discarding the rest of a truncated line up to its newline
+
+    def reset(self, offset: int) -> None:
+        self.pending = b""
+        self.pending_start = offset
+        self.skipping = False
+
+    @property
+    def consumed(self) -> int:
+        """Offset up to which every byte has been returned in a line (or skipped as part of a truncated one)."""
+        return self.pending_start
+
+    def feed(self, data: bytes, end: int, now: float) -> Lines:
+        """`data` was read from the file and ends at offset `end`."""
+        start = end - len(data)
+        if self.skipping:
+            nl = data.find(b"\n")
+            if nl < 0:
+                self.pending_start = end
+                return _EMPTY
+            data = data[nl + 1:]
+            start += nl + 1
+            self.skipping = False
+            self.pending_start = start
+        had_pending = bool(self.pending)
+        if had_pending:
+            buf = self.pending + data
+            base = self.pending_start
+        else:
+            buf = data
+            base = start
+        last = buf.rfind(b"\n")
+        if last < 0:
+            lines: list[str] = []
+            offsets: list[int] = []
+            flags: dict[int, list[str]] | None = None
+            tail = buf
+            tail_start = base
+        else:
+            lines, offsets, flags = self._split(buf[:last], base)
+            tail = buf[last + 1:]
+            tail_start = base + last + 1
+        if len(tail) > self.max_line:
+            text, valid = _decode_cut(tail, self.max_line)
+            if flags is None:
+                flags = {}
+            flags[len(lines)] = ["truncated"] if valid else ["truncated", "invalid_utf8"]
+            lines.append(text)
+            offsets.append(tail_start)
+            self.pending = b""
+            self.skipping = True
+            self.pending_start = end
+        else:
+            if tail and (not had_pending or last >= 0):
+                self.pending_since = now
+            self.pending = tail
+            self.pending_start = tail_start
+        return lines, offsets, flags
+
+    def take_partial(self) -> Lines:
+        """The held incomplete line, returned as a line (its flush timeout passed, or the file is finished)."""
+        if not self.pending:
+            return _EMPTY
+        raw, off = self.pending, self.pending_start
+        self.pending = b""
+        self.pending_start = off + len(raw)
+        try:
+            return [raw.decode("utf-8")], [off], None
+        except UnicodeDecodeError:
+            return [raw.decode("utf-8", errors="replace")], [off], {0: ["invalid_utf8"]}
+
+    def _split(self, complete: bytes, base: int) -> Lines:
+        """Complete lines (the chunk up to, not including, its last newline)."""
+        flags: dict[int, list[str]] | None = None
+        raw_lines: list[bytes] | None = None
+        try:
+            text = complete.decode("utf-8")
+        except UnicodeDecodeError:
+            raw_lines = complete.split(b"\n")
+            lines = []
+            flags = {}
+            append = lines.append
+            for i, raw in enumerate(raw_lines):
+                try:
+                    append(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    append(raw.decode("utf-8", errors="replace"))
+                    flags[i] = ["invalid_utf8"]
+        else:
+            lines = text.split("\n")
+            if len(text) != len(complete):  # not pure ASCII: offsets need byte lengths
+                raw_lines = complete.split(b"\n")
+        lens = list(map(len, lines if raw_lines is None else raw_lines))
+        offsets = list(accumulate(map(_PLUS_ONE, lens), initial=base))
+        offsets.pop()
+        if len(complete) > self.max_line and max(lens) > self.max_line:
+            if raw_lines is None:
+                raw_lines = complete.split(b"\n")
+            if flags is None:
+                flags = {}
+            for i, n in enumerate(lens):
+                if n > self.max_line:
+                    text_i, valid = _decode_cut(raw_lines[i], self.max_line)
+                    lines[i] = text_i
+                    flags[i] = ["truncated"] if valid else ["truncated", "invalid_utf8"]
+        return lines, offsets, flags

@@ -1,0 +1,772 @@
+"""Shared delivery machinery for the HTTP outputs (Elasticsearch, Loki, SLS): written once, used by all three.
+
+What lives here:
+- `HttpSettings` and `parse_http_settings`: the settings every HTTP output shares (url, batching, requests in
+  flight, compression, retry, timeout, TLS, auth, extra headers), parsed once from the output's `Section`.
+- `Delivery`: the engine. An output hands it pipeline batches already turned into *items* (one per record,
+  in the output's own pre-encoded form) grouped by a partition *key* (a Loki tenant; one key for ES and SLS).
+  Items accumulate per key into a request, cut by records, bytes or age. Each key has its own request queue and
+  at most `max_in_flight` requests in flight, so one tenant's backlog or 429s do not stall another's. A
+  request is retried (exponential backoff with full jitter, at least `Retry-After`) until the backend accepted
+  every item or rejected it for good; rejected items go to the dead-letter file with the backend's reason.
+- Acknowledgement: every pipeline batch becomes one or more `_Chunk`s (one per key, via `AckToken.split`);
+  a chunk's token is acknowledged when each of its items is confirmed or dead-lettered, never earlier.
+- Compression helpers (gzip, snappy raw block as Loki wants it, raw LZ4 block as SLS wants it) and a cached
+  RFC 3339 -> ns parser for record times.
+
+What it must never do: drop an item without dead-lettering it, acknowledge before the backend confirmed,
+retry what the backend said is permanent, grow without bound (`send` awaits once `buffer_max_bytes` of items
+are pending: that is the backpressure that holds the inputs), or log a secret (auth values are kept out of
+reprs and logs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import calendar
+import email.utils
+import logging
+import random
+import ssl
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+import aiohttp
+import cramjam
+import lz4.block
+
+from logagent import metrics
+from logagent.config import Section
+from logagent.record import AckToken
+
+log = logging.getLogger("logagent.delivery")
+
+Item = TypeVar("Item")
+
+# ---------------------------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    max_records: int
+    max_bytes: int
+    max_wait: float
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    initial_backoff: float
+    max_backoff: float
+    max_retry_after: float  # a server asking for longer than this is waited this long, then retried
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    verify: bool
+    ca_file: str | None
+    cert_file: str | None
+    key_file: str | None
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """`kind` is none, basic, bearer or api_key. Secret values are excluded from repr: never logged."""
+
+    kind: str
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+
+    def header(self) -> str | None:
+        if self.kind == "basic":
+            raw = f"{self.user}:{self.password or ''}".encode()
+            return "Basic " + base64.b64encode(raw).decode()
+        if self.kind == "bearer":
+            return f"Bearer {self.token}"
+        if self.kind == "api_key":
+            return f"ApiKey {self.token}"
+        return None
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    url: str
+    batch: BatchSettings
+    max_in_flight: int  # requests in flight per partition key
+    buffer_max_bytes: int  # items pending (not yet acknowledged) across keys before `send` waits
+    compression: str
+    retry: RetrySettings
+    timeout: float
+    tls: TlsSettings
+    auth: AuthSettings
+    headers: tuple[tuple[str, str], ...]
+
+
+COMPRESSIONS = ("none", "gzip", "snappy", "lz4")
+
+
+def parse_http_settings(
+    section: Section,
+    *,
+    default_url: str | None = None,
+    compressions: Sequence[str] = COMPRESSIONS,
+    default_compression: str = "gzip",
+    default_max_records: int = 5000,
+    default_max_bytes: int = 5 * 1024 * 1024,
+    max_bytes_limit: int | None = None,
+) -> HttpSettings:
+    """Read the shared keys; the output reads its own keys and calls `section.done()` afterwards."""
+    url = section.str("url", default_url) if default_url is not None else section.str("url")
+    if not url.startswith(("http://", "https://")):
+        raise section.error(f"expected an http:// or https:// URL, got {url!r}", "url")
+    b = section.section("batch")
+    max_bytes = b.size("max_bytes", default_max_bytes)
+    if max_bytes_limit is not None and max_bytes > max_bytes_limit:
+        raise b.error(f"must be at most {max_bytes_limit} bytes for this backend, got {max_bytes}", "max_bytes")
+    batch = BatchSettings(
+        max_records=b.int("max_records", default_max_records, min=1),
+        max_bytes=max_bytes,
+        max_wait=b.duration("max_wait", 1.0),
+    )
+    b.done()
+    r = section.section("retry")
+    retry = RetrySettings(
+        initial_backoff=r.duration("initial_backoff", 0.5),
+        max_backoff=r.duration("max_backoff", 60.0),
+        max_retry_after=r.duration("max_retry_after", 300.0),
+    )
+    r.done()
+    if retry.initial_backoff > retry.max_backoff:
+        raise r.error("initial_backoff must not exceed max_backoff", "initial_backoff")
+    t = section.section("tls")
+    tls = TlsSettings(
+        verify=t.bool("verify", True),
+        ca_file=t.str("ca_file", None),
+        cert_file=t.str("cert_file", None),
+        key_file=t.str("key_file", None),
+    )
+    t.done()
+    if tls.key_file and not tls.cert_file:
+        raise t.error("key_file needs cert_file", "key_file")
+    auth = _parse_auth(section.section("auth"))
+    headers = tuple(section.str_map("headers", {}).items())
+    max_in_flight = section.int("max_in_flight", 4, min=1)
+    compression = section.str("compression", default_compression, choices=tuple(compressions))
+    return HttpSettings(
+        url=url.rstrip("/"),
+        batch=batch,
+        max_in_flight=max_in_flight,
+        buffer_max_bytes=section.size("buffer_max_bytes", max(64 * 1024 * 1024, 4 * max_bytes)),
+        compression=compression,
+        retry=retry,
+        timeout=section.duration("timeout", 30.0),
+        tls=tls,
+        auth=auth,
+        headers=headers,
+    )
+
+
+def _parse_auth(a: Section) -> AuthSettings:
+    kinds = [k for k in ("user", "bearer_token", "api_key") if a.has(k)]
+    if len(kinds) > 1:
+        raise a.error("give one of user/password, bearer_token or api_key", here=True)
+    if a.has("user"):
+        auth = AuthSettings("basic", user=a.str("user"), password=a.secret("password", ""))
+    elif a.has("bearer_token"):
+        auth = AuthSettings("bearer", token=a.secret("bearer_token"))
+    elif a.has("api_key"):
+        auth = AuthSettings("api_key", token=a.secret("api_key"))
+    else:
+        auth = AuthSettings("none")
+    a.done()
+    return auth
+
+
+def ssl_context(tls: TlsSettings) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=tls.ca_file)
+    if tls.cert_file:
+        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    if not tls.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Compression and time helpers
+
+
+def compress(kind: str, data: bytes) -> bytes:
+    """gzip: HTTP Content-Encoding. snappy: the raw block format (Loki push). lz4: raw LZ4 block without the
+    size prefix (SLS `x-log-compresstype: lz4`, the raw size travels in `x-log-bodyrawsize`)."""
+    if kind == "gzip":
+        return bytes(cramjam.gzip.compress(data, level=3))
+    if kind == "snappy":
+        return bytes(cramjam.snappy.compress_raw(data))
+    if kind == "lz4":
+        return lz4.block.compress(data, store_size=False)
+    return data
+
+
+def decompress(kind: str, data: bytes, raw_size: int | None = None) -> bytes:
+    if kind == "gzip":
+        return zlib.decompress(data, 47)
+    if kind == "snappy":
+        return bytes(cramjam.snappy.decompress_raw(data))
+    if kind == "lz4":
+        return lz4.block.decompress(data, uncompressed_size=raw_size or 0)
+    return data
+
+
+_EPOCH_CACHE: dict[str, int] = {}
+
+
+def rfc3339_ns(value: Any, default: int | None = None) -> int:
+    """Nanoseconds since the epoch from an RFC 3339 string (`2024-05-01T12:00:00.123456789Z`, offsets allowed)
+    or a number of seconds. The date-and-second prefix is cached: consecutive log lines share it."""
+    if isinstance(value, str) and len(value) >= 20:
+        head = value[:19]
+        secs = _EPOCH_CACHE.get(head)
+        if secs is None:
+            try:
+                secs = calendar.timegm(time.strptime(head.replace(" ", "T"), "%Y-%m-%dT%H:%M:%S"))
+            except ValueError:
+                return default if default is not None else time.time_ns()
+            if len(_EPOCH_CACHE) > 4096:
+                _EPOCH_CACHE.clear()
+            _EPOCH_CACHE[head] = secs
+        rest = value[19:]
+        frac = 0
+        if rest[:1] == ".":
+            i = 1
+            while i < len(rest) and rest[i].isdigit():
+                i += 1
+            digits = rest[1:i][:9]
+            frac = int(digits.ljust(9, "0")) if digits else 0
+            rest = rest[i:]
+        if rest and rest not in ("Z", "z"):
+            try:
+                sign = 1 if rest[0] == "+" else -1
+                hh, mm = rest[1:3], rest[-2:]
+                secs -= sign * (int(hh) * 3600 + int(mm) * 60)
+            except (ValueError, IndexError):
+                pass
+        return secs * 1_000_000_000 + frac
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value > 1e17:  # already ns
+            return int(value)
+        return int(value * 1_000_000_000)
+    return default if default is not None else time.time_ns()
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """`Retry-After` as seconds, from either form the HTTP spec allows: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def backoff_delay(attempt: int, retry: RetrySettings, retry_after: float | None) -> float:
+    """Full jitter (uniform in [0, min(max, initial * 2^attempt)]), but never less than the server asked."""
+    cap = min(retry.max_backoff, retry.initial_backoff * (2 ** min(attempt, 30)))
+    delay = random.uniform(0, cap)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, retry.max_retry_after))
+    return delay
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Requests and verdicts
+
+
+@dataclass
+class Encoded:
+    """One HTTP request body for a list of items. `context` is for the codec's `interpret` (e.g. the order in
+    which Loki entries were written after sorting)."""
+
+    body: bytes
+    headers: dict[str, str]
+    url: str
+    context: Any = None
+
+
+class RequestTooLarge(Exception):
+    """Raised by `encode` when the items exceed the backend's request limit: the engine splits them in two."""
+
+
+@dataclass
+class Response:
+    status: int
+    headers: Any  # multidict from aiohttp
+    body: bytes
+
+
+OK, RETRY, REJECT, ITEMS, SPLIT = "ok", "retry", "reject", "items", "split"
+
+
+@dataclass
+class Verdict:
+    """What one response means. `kind` ok/retry/reject apply to the whole request (`split`: too large, send it
+    in halves); `items` carries per-item
+    outcomes: indices to retry and (index, reason) pairs rejected for good; all others succeeded."""
+
+    kind: str
+    reason: str = ""
+    retry_after: float | None = None
+    retry: list[int] = field(default_factory=list)
+    reject: list[tuple[int, str]] = field(default_factory=list)
+
+
+class Codec(Protocol, Generic[Item]):
+    def encode(self, key: str, items: list[Item]) -> Encoded: ...
+
+    def interpret(self, key: str, items: list[Item], encoded: Encoded, response: Response) -> Verdict: ...
+
+    def dead_record(self, key: str, item: Item) -> dict[str, Any]: ...
+
+
+class _Chunk:
+    """The part of one pipeline batch that went to one key; its token is done when `remaining` reaches 0."""
+
+    __slots__ = ("token", "remaining", "nbytes")
+
+    def __init__(self, token: AckToken, remaining: int, nbytes: int) -> None:
+        self.token = token
+        self.remaining = remaining
+        self.nbytes = nbytes
+
+
+class _Request:
+    __slots__ = ("key", "items", "spans", "nbytes")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.items: list[Any] = []
+        self.spans: list[list[Any]] = []  # [chunk, count] runs in item order
+        self.nbytes = 0
+
+    def add(self, chunk: _Chunk, items: list[Any], nbytes: int) -> None:
+        self.items.extend(items)
+        if self.spans and self.spans[-1][0] is chunk:
+            self.spans[-1][1] += len(items)
+        else:
+            self.spans.append([chunk, len(items)])
+        self.nbytes += nbytes
+
+    def owners(self) -> list[_Chunk]:
+        out: list[_Chunk] = []
+        for chunk, n in self.spans:
+            out.extend([chunk] * n)
+        return out
+
+
+def _from_owners(key: str, items: list[Any], owners: list[_Chunk], nbytes: int) -> _Request:
+    req = _Request(key)
+    req.items = items
+    for chunk in owners:
+        if req.spans and req.spans[-1][0] is chunk:
+            req.spans[-1][1] += 1
+        else:
+            req.spans.append([chunk, 1])
+    req.nbytes = nbytes
+    return req
+
+
+class _Lane:
+    """One partition key: the request being filled, the in-flight limit and the tasks sending."""
+
+    def __init__(self, key: str, max_in_flight: int) -> None:
+        self.key = key
+        self.pending: _Request | None = None
+        self.opened = 0.0
+        self.slots = asyncio.Semaphore(max_in_flight)
+        self.cut: list[_Request] = []  # cut but waiting for a slot
+        self.pump: asyncio.Task[None] | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The engine
+
+
+class Delivery(Generic[Item]):
+    """Batches items per key into requests, sends them with retries, dead-letters rejections, acknowledges."""
+
+    def __init__(
+        self,
+        output: str,
+        settings: HttpSettings,
+        codec: Codec[Item],
+        dead_letter: Any,
+        *,
+        on_permanent: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.output = output
+        self.settings = settings
+        self.codec = codec
+        self.dead_letter = dead_letter
+        self.on_permanent = on_permanent
+        self.session: aiohttp.ClientSession | None = None
+        self._lanes: dict[str, _Lane] = {}
+        self._buffered = 0  # item bytes accepted and not yet resolved
+        self._space = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self._unacked = 0
+        self._records_out = metrics.RECORDS_OUT.labels(output=output)
+        self._bytes_out = metrics.BYTES_OUT.labels(output=output)
+        self._retries = metrics.RETRIES.labels(output=output)
+        self._inflight = metrics.INFLIGHT.labels(output=output)
+        self.log = logging.getLogger(f"logagent.output.{output}")
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        ssl_arg: Any = ssl_context(s.tls) if s.url.startswith("https://") else False
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ssl=ssl_arg, keepalive_timeout=30)
+        headers = dict(s.headers)
+        auth = s.auth.header()
+        if auth:
+            headers["Authorization"] = auth
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=s.timeout),
+            headers=headers,
+            auto_decompress=True,
+        )
+        self._ticker = asyncio.create_task(self._tick(), name=f"delivery-ticker:{self.output}")
+
+    async def flush(self) -> None:
+        """Cut every partly filled request and wait until everything handed to us is resolved."""
+        while True:
+            for lane in self._lanes.values():
+                self._cut(lane)
+                self._kick(lane)
+            waits = [*self._tasks, *(l.pump for l in self._lanes.values() if l.pump is not None and not l.pump.done())]
+            if not waits:
+                return
+            await asyncio.wait(waits)
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for lane in self._lanes.values():
+            if lane.pump is not None:
+                lane.pump.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.session is not None:
+            await self.session.close()
+
+    def ready(self) -> bool:
+        return self._buffered < self.settings.buffer_max_bytes
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._buffered
+
+    # -- intake ---------------------------------------------------------------------------------------------
+    async def submit(self, token: AckToken, parts: list[tuple[str, list[Item], int]]) -> None:
+        """Take one pipeline batch as (key, items, item bytes) parts. Waits while the buffer is full."""
+        parts = [p for p in parts if p[1]]
+        if not parts:
+            token.done()
+            return
+        total = sum(p[2] for p in parts)
+        limit = self.settings.buffer_max_bytes
+        while self._buffered > 0 and self._buffered + total > limit:
+            self._space.clear()
+            await self._space.wait()
+        tokens = [token] if len(parts) == 1 else token.split(len(parts))
+        self._buffered += total
+        self._unacked += len(parts)
+        self._inflight.set(self._unacked)
+        for (key, items, nbytes), tok in zip(parts, tokens):
+            self._add(key, items, nbytes, tok)
+
+    def _add(self, key: str, items: list[Item], nbytes: int, token: AckToken) -> None:
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane(key, self.settings.max_in_flight)
+        chunk = _Chunk(token, len(items), nbytes)
+        b = self.settings.batch
+        start = 0
+        per_item = nbytes / len(items)
+        while start < len(items):
+            if lane.pending is None:
+                lane.pending = _Request(key)
+                lane.opened = time.monotonic()
+            req = lane.pending
+            room = b.max_records - len(req.items)
+            if req.items and per_item > 0:
+                room = min(room, max(1, int((b.max_bytes - req.nbytes) / per_item)))
+            take = items[start:start + room] if start or room < len(items) else items
+            req.add(chunk, take, int(per_item * len(take)))
+            start += len(take)
+            if len(req.items) >= b.max_records or req.nbytes >= b.max_bytes:
+                self._cut(lane)
+        self._kick(lane)
+
+    def _cut(self, lane: _Lane) -> None:
+        if lane.pending is not None and lane.pending.items:
+            lane.cut.append(lane.pending)
+        lane.pending = None
+
+    def _kick(self, lane: _Lane) -> None:
+        if lane.cut and (lane.pump is None or lane.pump.done()):
+            lane.pump = asyncio.create_task(self._pump(lane), name=f"delivery-pump:{self.output}:{lane.key}")
+
+    async def _pump(self, lane: _Lane) -> None:
+        """Start each cut request once the lane has a free in-flight slot (per key: tenants don't block)."""
+        while lane.cut:
+            await lane.slots.acquire()
+            req = lane.cut.pop(0)
+            task = asyncio.create_task(self._deliver(lane, req))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _tick(self) -> None:
+        wait = self.settings.batch.max_wait
+        interval = max(0.01, min(wait / 4, 0.25))
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for lane in list(self._lanes.values()):
+                if lane.pending is not None and now - lane.opened >= wait:
+                    self._cut(lane)
+                    self._kick(lane)
+
+    # -- sending --------------------------------------------------------------------------------------------
+    async def _deliver(self, lane: _Lane, req: _Request) -> None:
+        try:
+            attempt = 0
+            queue = [req]
+            while queue:
+                current = queue.pop()
+                try:
+                    encoded = self.codec.encode(current.key, current.items)
+                except RequestTooLarge:
+                    if len(current.items) == 1:
+                        await self._reject_all(current, "request_too_large: a single record exceeds the "
+                                                        "backend's request size limit")
+                        continue
+                    queue.extend(self._halves(current))
+                    continue
+                verdict = await self._attempt(current, encoded)
+                if verdict.kind == SPLIT:
+                    if len(current.items) == 1:
+                        await self._reject_all(current, verdict.reason or "request_too_large")
+                    else:
+                        queue.extend(self._halves(current))
+                    continue
+                retry_req = await self._apply(current, verdict)
+                if retry_req is not None:
+                    self._retries.inc()
+                    delay = backoff_delay(attempt, self.settings.retry, verdict.retry_after)
+                    attempt += 1
+                    if attempt == 1 or attempt % 10 == 0:
+                        self.log.warning("request will be retried", extra={
+                            "output": self.output, "key": lane.key, "attempt": attempt,
+                            "reason": verdict.reason[:300], "delay_s": round(delay, 3),
+                            "records": len(retry_req.items)})
+                    await asyncio.sleep(delay)
+                    queue.append(retry_req)
+                else:
+                    attempt = 0
+        finally:
+            lane.slots.release()
+
+    def _halves(self, req: _Request) -> list[_Request]:
+        owners = req.owners()
+        mid = len(req.items) // 2
+        per = req.nbytes // max(1, len(req.items))
+        # second half first on the stack: the first half is sent first
+        return [_from_owners(req.key, req.items[mid:], owners[mid:], per * (len(req.items) - mid)),
+                _from_owners(req.key, req.items[:mid], owners[:mid], per * mid)]
+
+    async def _attempt(self, req: _Request, encoded: Encoded) -> Verdict:
+        assert self.session is not None
+        try:
+            async with self.session.post(encoded.url, data=encoded.body, headers=encoded.headers) as resp:
+                body = await resp.read()
+                response = Response(resp.status, resp.headers, body)
+        except asyncio.CancelledError:
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            metrics.ERRORS.labels(component=self.output, kind="transport").inc()
+            return Verdict(RETRY, reason=f"transport: {type(e).__name__}: {e}")
+        self._bytes_out.inc(len(encoded.body))
+        try:
+            return self.codec.interpret(req.key, req.items, encoded, response)
+        except Exception as e:  # a response we cannot read is a server problem: retry, never drop
+            metrics.ERRORS.labels(component=self.output, kind="bad_response").inc()
+            self.log.exception("unreadable response; retrying", extra={"output": self.output,
+                                                                      "status": response.status})
+            return Verdict(RETRY, reason=f"unreadable response (HTTP {response.status}): {type(e).__name__}")
+
+    async def _apply(self, req: _Request, v: Verdict) -> _Request | None:
+        """Resolve what the verdict settled; return a request with what must be retried, or None."""
+        if v.kind == OK:
+            for chunk, n in req.spans:
+                self._settle(chunk, n, confirmed=True)
+            return None
+        if v.kind == RETRY:
+            return req
+        if v.kind == REJECT:
+            await self._reject_all(req, v.reason)
+            return None
+        # per item
+        owners = req.owners()
+        settled = [False] * len(req.items)
+        by_reason: dict[str, list[int]] = {}
+        for idx, reason in v.reject:
+            if 0 <= idx < len(settled) and not settled[idx]:
+                settled[idx] = True
+                by_reason.setdefault(reason, []).append(idx)
+        retry_idx = [i for i in v.retry if 0 <= i < len(settled) and not settled[i]]
+        for i in retry_idx:
+            settled[i] = True
+        for reason, idxs in by_reason.items():
+            await self._dead_letter(req.key, [req.items[i] for i in idxs], reason)
+            self._resolve([owners[i] for i in idxs], confirmed=False)
+        ok = [owners[i] for i, s in enumerate(settled) if not s]
+        self._resolve(ok, confirmed=True)
+        if not retry_idx:
+            return None
+        per = req.nbytes // max(1, len(req.items))
+        return _from_owners(req.key, [req.items[i] for i in retry_idx], [owners[i] for i in retry_idx],
+                            per * len(retry_idx))
+
+    async def _reject_all(self, req: _Request, reason: str) -> None:
+        await self._dead_letter(req.key, req.items, reason)
+        for chunk, n in req.spans:
+            self._settle(chunk, n, confirmed=False)
+
+    async def _dead_letter(self, key: str, items: list[Any], reason: str) -> None:
+        records = [self.codec.dead_record(key, it) for it in items]
+        await asyncio.to_thread(self.dead_letter.write, self.output, reason, records)
+        metrics.ERRORS.labels(component=self.output, kind="rejected").inc()
+        if self.on_permanent is not None:
+            self.on_permanent(key, reason)
+
+    def _resolve(self, owners: list[_Chunk], confirmed: bool) -> None:
+        counts: dict[int, list[Any]] = {}
+        for c in owners:
+            e = counts.get(id(c))
+            if e is None:
+                counts[id(c)] = [c, 1]
+            else:
+                e[1] += 1
+        for c, n in counts.values():
+            self._settle(c, n, confirmed)
+
+    def _settle(self, chunk: _Chunk, n: int, confirmed: bool) -> None:
+        if confirmed:
+            self._records_out.inc(n)
+        chunk.remaining -= n
+        if chunk.remaining == 0:
+            chunk.token.done()
+            self._release(chunk.nbytes)
+
+    def _release(self, nbytes: int) -> None:
+        self._buffered -= nbytes
+        self._unacked -= 1
+        self._inflight.set(self._unacked)
+        self._space.set()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Field templates shared by ES index names and Loki labels
+
+
+class FieldTemplate:
+    """`{dotted.path}` placeholders filled from a record (`{kubernetes.labels.app}`), `{path|default}` for a
+    fallback when the field is missing or empty, plus strftime codes (`%Y.%m.%d`) from the record's time (UTC)
+    when `dates` is on. Literal text stays as written; `{{` and `}}` are literal braces."""
+
+    __slots__ = ("text", "parts", "fields", "has_date", "dates")
+
+    def __init__(self, text: str, dates: bool = False) -> None:
+        self.text = text
+        self.dates = dates
+        self.parts: list[tuple[str, Any]] = []  # ("lit", str) | ("field", (path tuple, default))
+        i = 0
+        lit: list[str] = []
+        while i < len(text):
+            ch = text[i]
+            if text.startswith("{{", i) or text.startswith("}}", i):
+                lit.append(ch)
+                i += 2
+                continue
+            if ch == "{":
+                end = text.find("}", i)
+                if end < 0:
+                    raise ValueError(f"unclosed '{{' in template {text!r}")
+                if lit:
+                    self.parts.append(("lit", "".join(lit)))
+                    lit = []
+                expr = text[i + 1:end].strip()
+                name, _, default = expr.partition("|")
+                if not name:
+                    raise ValueError(f"empty field name in template {text!r}")
+                self.parts.append(("field", (tuple(name.strip().split(".")), default)))
+                i = end + 1
+                continue
+            lit.append(ch)
+            i += 1
+        if lit:
+            self.parts.append(("lit", "".join(lit)))
+        self.fields = [p[1][0] for p in self.parts if p[0] == "field"]
+        self.has_date = dates and "%" in text
+
+    @property
+    def constant(self) -> bool:
+        return not self.fields and not self.has_date
+
+    def top_keys(self) -> set[str]:
+        return {f[0] for f in self.fields}
+
+    def render(self, record: dict[str, Any], time_ns: int | None = None) -> str:
+        out = []
+        for kind, val in self.parts:
+            if kind == "lit":
+                out.append(val)
+                continue
+            path, default = val
+            cur: Any = record
+            for p in path:
+                if isinstance(cur, dict):
+                    cur = cur.get(p)
+                else:
+                    cur = None
+                    break
+            out.append(default if cur is None or cur == "" else str(cur))
+        text = "".join(out)
+        if self.has_date:
+            t = time.gmtime((time_ns if time_ns is not None else time.time_ns()) // 1_000_000_000)
+            text = time.strftime(text, t)
+        return text
+
+
+def lookup(record: dict[str, Any], path: tuple[str, ...]) -> Any:
+    cur: Any = record
+    for p in path:
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(p)
+    return cur
