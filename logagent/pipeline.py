@@ -153,8 +153,10 @@ class Pipeline:
         # 1. stop reading
         await asyncio.gather(*(self._stop_input(name, deadline) for name in list(self.inputs)))
         # 2. drain the router and the outputs within what is left of the grace period
-        await self.queue.put(_STOP)
         try:
+            # The queue may be full behind an output that accepts nothing: the stop marker waits its turn only
+            # until the grace period is over.
+            await asyncio.wait_for(self.queue.put(_STOP), max(0.0, deadline - loop.time()))
             if self._router_task is not None:
                 await asyncio.wait_for(asyncio.shield(self._router_task), max(0.0, deadline - loop.time()))
             tasks = [o.task for o in self.outputs.values() if o.task is not None]

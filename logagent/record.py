@@ -18,6 +18,9 @@ from typing import Any
 
 Record = dict[str, Any]
 
+# Batch meta keys that steer the agent (deterministic ids) and are not part of what is shipped.
+_INTERNAL_META = frozenset(("source_id", "pos_key"))
+
 
 class AckToken:
     """Completes once every share handed out has been acknowledged.
@@ -93,8 +96,10 @@ class Batch:
     nbytes: int = 0
 
     def shipped(self) -> Iterator[Record]:
-        """Records as outputs ship them: shared fields merged under each record's own."""
+        """Records as outputs ship them: shared fields merged under each record's own (internal keys left out)."""
         meta = self.meta
+        if _INTERNAL_META.intersection(meta):
+            meta = {k: v for k, v in meta.items() if k not in _INTERNAL_META}
         if not meta:
             yield from self.records
             return

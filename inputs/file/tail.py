@@ -1,0 +1,127 @@
+"""Reading one file: its descriptor, identity, read position and the records held for it.
+
+A `Tail` owns an open descriptor, so a file renamed or deleted while being read is drained through it to the
+end. It knows three offsets: `read_offset` (next byte to read), the splitter's `consumed` (bytes returned as
+lines) and the joiner's `held_from` (oldest line of a record not emitted yet). The checkpointable offset is the
+smallest of them that is still pending, so a restart never skips a byte of an unemitted record.
+
+This module never decides which files to follow or when to close one: that is `FileInput`'s job.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import xxhash
+
+from logagent.inputs.file.checkpoints import position
+from logagent.inputs.file.fingerprint import FileFingerprint, fingerprint_of, read_head
+from logagent.inputs.file.reader import LineSplitter
+from logagent.parsers.base import LineJoiner
+from logagent.record import Record
+
+
+@dataclass(eq=False)
+class Tail:
+    key: str  # "dev:ino"
+    path: str  # the path as matched by the glob (kept after a rotation: it names the source)
+    real: str  # the file behind a symlink when opened
+    fd: int
+    dev: int
+    ino: int
+    fp: FileFingerprint
+    source_id: str
+    splitter: LineSplitter
+    joiner: LineJoiner
+    read_offset: int
+    meta: dict[str, Any]
+    fingerprint_bytes: int
+    orphaned: bool = False  # renamed away or deleted: drain to EOF, then close
+    at_eof: bool = False
+    last_growth: float = 0.0
+    size: int = 0  # last size seen by fstat
+    closed: bool = False
+    pending: list[Record] = field(default_factory=list)  # records read but not emitted yet
+    pending_bytes: int = 0
+
+    # -- reading --------------------------------------------------------------------------------------------
+    def read(self, limit: int, now: float) -> int:
+        """Read up to `limit` bytes, split and join them into `pending`. Returns bytes read (0 at EOF)."""
+        data = os.pread(self.fd, limit, self.read_offset)
+        if not data:
+            self.at_eof = True
+            return 0
+        self.at_eof = len(data) < limit
+        self.read_offset += len(data)
+        self.last_growth = now
+        if self.fp.length < self.fingerprint_bytes and self.read_offset > self.fp.length:
+            self.fp = fingerprint_of(read_head(self.fd, self.fingerprint_bytes))
+        lines, offsets, flags = self.splitter.feed(data, self.read_offset, now)
+        if lines:
+            self._add(self.joiner.feed(lines, offsets, flags))
+        self.pending_bytes += len(data)
+        return len(data)
+
+    def flush_partial(self, now: float, max_age: float, force: bool = False) -> None:
+        """A line without its newline for longer than `max_age` (or any, when forced) becomes a record; records
+        the joiner held past its own timeouts come out too."""
+        sp = self.splitter
+        if sp.pending and (force or now - sp.pending_since >= max_age):
+            lines, offsets, flags = sp.take_partial()
+            if lines:
+                self._add(self.joiner.feed(lines, offsets, flags))
+        self._add(self.joiner.flush(now, force))
+
+    def _add(self, records: list[Record]) -> None:
+        if records:
+            if self.pending:
+                self.pending.extend(records)
+            else:
+                self.pending = records
+
+    def take(self) -> tuple[list[Record], int]:
+        records, nbytes = self.pending, self.pending_bytes
+        self.pending, self.pending_bytes = [], 0
+        return records, nbytes
+
+    def truncated(self) -> None:
+        """copytruncate: the file shrank under us. Start again at 0 with fresh parser state; what the joiner
+        held belongs to the old contents and is emitted as it is."""
+        self._add(self.joiner.flush(0.0, True))
+        self.read_offset = 0
+        self.splitter.reset(0)
+        self.fp = fingerprint_of(read_head(self.fd, self.fingerprint_bytes))
+        self.source_id = make_source_id(self.dev, self.ino, read_head(self.fd, self.fingerprint_bytes))
+        self.meta = {**self.meta, "source_id": self.source_id}
+        self.at_eof = False
+
+    # -- positions ------------------------------------------------------------------------------------------
+    def safe_offset(self) -> int:
+        offset = self.splitter.consumed
+        held = self.joiner.held_from()
+        if held is not None and held < offset:
+            offset = held
+        return offset
+
+    def position(self) -> dict[str, Any]:
+        offset = self.safe_offset()
+        skip = self.splitter.skipping and offset == self.splitter.consumed
+        pos = position(self.path, self.real, offset, self.dev, self.ino, self.fp, skip)
+        pos["sid"] = self.source_id
+        return pos
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.fd)
+
+
+def make_source_id(dev: int, ino: int, head: bytes) -> str:
+    """Names the file in deterministic record ids: (dev, inode) plus its first line, so two files with the same
+    first line differ, and a reused inode with other contents differs. Stored with the position, so it does not
+    change when the file is found again under another name after a restart."""
+    nl = head.find(b"\n")
+    first = head[: nl + 1] if nl >= 0 else head
+    return xxhash.xxh64_hexdigest(b"%d:%d:" % (dev, ino) + first)
