@@ -55,3 +55,13 @@ CONFIG_LAST_RELOAD_OK = Gauge(
     "logagent_config_last_reload_successful", "1 if the last config reload was applied, 0 if rejected",
     registry=REGISTRY,
 )
+KMSG_LOST = Counter(
+    "logagent_kmsg_lost_records_total",
+    "Kernel log records overwritten in the ring buffer before the kmsg input read them (sequence gaps)",
+    ["input"], registry=REGISTRY,
+)
+KERNEL_CONDITIONS = Gauge(
+    "logagent_kernel_node_condition",
+    "Permanent kernel problems seen on this node (1 until cleared): read-only remounts, XFS shutdowns, lost GPUs",
+    ["signature", "device"], registry=REGISTRY,
+)
