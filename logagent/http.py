@@ -52,12 +52,22 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 def parse_http_settings(section: Section) -> HttpSettings:
-    address = section.str("address", DEFAULT_ADDRESS)
-    try:
-        host, port = parse_address(address)
-    except ValueError:
-        raise section.error(f'expected HOST:PORT like "127.0.0.1:2020" or "[::1]:2020", got {address!r}',
-                            "address") from None
+    """`address: HOST:PORT`, or `address: HOST` plus `port: N` — the second form takes a bare IPv6 literal, which
+    is what the DaemonSet gets from the downward API (`status.podIP`) on IPv6 clusters."""
+    if section.has("port"):
+        port = section.int("port", min=0, max=65535)
+        host = section.str("address", DEFAULT_ADDRESS.rpartition(":")[0]).strip()
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not host or (host.count(":") == 1 and host.rpartition(":")[2].isdigit()):
+            raise section.error(f"with port set, address is a host or IP without a port, got {host!r}", "address")
+    else:
+        address = section.str("address", DEFAULT_ADDRESS)
+        try:
+            host, port = parse_address(address)
+        except ValueError:
+            raise section.error(f'expected HOST:PORT like "127.0.0.1:2020" or "[::1]:2020", got {address!r}',
+                                "address") from None
     settings = HttpSettings(
         enabled=section.bool("enabled", True),
         host=host,

@@ -1,115 +1,29 @@
 """Helpers for the operations tests: run a real agent as a subprocess, scrape it, read what it shipped.
 
-The agent under test is `python -m logagent run -c CFG` with the real `file` input (logagent.inputs.file). While
-that package is not importable (it is written in parallel), `SimpleLineInput` below stands in for it under the
-same type name and settings, so these tests exercise the operations code either way and switch to the real
-tailer by themselves once it lands.
+The agent under test is `python -m logagent run -c CFG` with the real `file` input and outputs: a separate process,
+so signals, sd_notify, the pidfile and the HTTP server are exercised exactly as in production.
 """
 
 from __future__ import annotations
 
-import asyncio
-import importlib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from logagent.component import Emit, Input
-from logagent.config import Section
-from logagent.record import Batch
 from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def real_file_input_available() -> bool:
-    try:
-        module = importlib.import_module("logagent.inputs.file")
-    except Exception:
-        return False
-    return hasattr(module, "FileInput")
-
-
-@dataclass(frozen=True)
-class SimpleLineSettings:
-    paths: tuple[str, ...]
-    read_from: str
-    tag: str
-
-
-class SimpleLineInput(Input):
-    """Stand-in for the file input: follows one file by polling, one token per batch at the batch's end offset."""
-
-    @classmethod
-    def parse_settings(cls, section: Section) -> SimpleLineSettings:
-        s = SimpleLineSettings(tuple(section.str_list("paths")), section.str("read_from", "head"),
-                               section.str("tag", "file"))
-        section.done()
-        return s
-
-    async def run(self, emit: Emit) -> None:
-        self._stop = asyncio.Event()
-        tracker = self.ctx.checkpoints.tracker(self.name)
-        path = self.settings.paths[0]
-        offset = int(tracker.committed.get(path, {}).get("offset", 0))
-        held = b""
-        while not self._stop.is_set():
-            try:
-                with open(path, "rb") as fh:
-                    fh.seek(offset + len(held))
-                    data = fh.read(1 << 20)
-            except FileNotFoundError:
-                data = b""
-            if data:
-                data = held + data
-                end = data.rfind(b"\n") + 1
-                held = data[end:]
-                if end:
-                    lines = data[:end].split(b"\n")[:-1]
-                    records, pos = [], offset
-                    for line in lines:
-                        records.append({"message": line.decode("utf-8", "replace"), "offset": pos})
-                        pos += len(line) + 1
-                    offset = pos
-                    await emit(Batch(self.settings.tag, records, {"input": self.name, "path": path},
-                                     tracker.token(path, {"offset": offset}), end))
-                continue
-            try:
-                await asyncio.wait_for(self._stop.wait(), 0.02)
-            except asyncio.TimeoutError:
-                pass
-
-    async def stop(self) -> None:
-        self._stop.set()
-
-
-_STANDIN_BOOT = (
-    "import sys; sys.path.insert(0, {repo!r}); from logagent import registry; "
-    "registry.INPUTS['file'] = 'tests.ops_support:SimpleLineInput'; "
-    "from logagent.cli import main; sys.exit(main())"
-)
-
-
 def agent_argv(config: Path) -> list[str]:
-    if real_file_input_available():
-        return [sys.executable, "-m", "logagent", "run", "-c", str(config)]
-    return [sys.executable, "-c", _STANDIN_BOOT.format(repo=str(REPO)), "run", "-c", str(config)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return [sys.executable, "-m", "logagent", "run", "-c", str(config)]
 
 
 class Agent:
@@ -197,5 +111,12 @@ def write_lines(path: Path, lines: list[str]) -> int:
     return len(data)
 
 
-def monotonic_deadline(seconds: float) -> float:
-    return time.monotonic() + seconds
+def agent_base_url(agent: Agent, timeout: float = 20.0) -> str:
+    """The address the agent logged after binding (port 0 in the config: the kernel picked one)."""
+    entry = wait_for(lambda: agent.logged("http server listening") or agent.proc.poll() is not None, timeout,
+                     0.05, "the agent to log its http address")
+    assert agent.proc.poll() is None, agent.stderr_path.read_text()
+    host, port = entry[0]["addresses"][0].rsplit(":", 1)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
