@@ -320,8 +320,9 @@ OK, RETRY, REJECT, ITEMS, SPLIT = "ok", "retry", "reject", "items", "split"
 
 @dataclass
 class Verdict:
-    """What one response means. `kind` ok/retry/reject apply to the whole request (`split`: too large, send it
-    in halves); `items` carries per-item
+    """What one response means. `kind` ok/retry/reject apply to the whole request (`split`: send it in halves —
+    when it is too large, or to isolate the items a backend refused without saying which, as Loki's 400 does; a
+    single item that still gets `split` is dead-lettered with `reason`); `items` carries per-item
     outcomes: indices to retry and (index, reason) pairs rejected for good; all others succeeded."""
 
     kind: str
@@ -513,7 +514,8 @@ class Delivery(Generic[Item]):
                 lane.opened = time.monotonic()
             req = lane.pending
             room = b.max_records - len(req.items)
-            if req.items and per_item > 0:
+            if per_item > 0:
+                # the byte limit applies to an empty request too: a big batch is cut into several requests
                 room = min(room, max(1, int((b.max_bytes - req.nbytes) / per_item)))
             take = items[start:start + room] if start or room < len(items) else items
             req.add(chunk, take, int(per_item * len(take)))
@@ -559,13 +561,24 @@ class Delivery(Generic[Item]):
             while queue:
                 current = queue.pop()
                 try:
-                    encoded = self.codec.encode(current.key, current.items)
+                    encoded = await self._encode(current)
                 except RequestTooLarge:
                     if len(current.items) == 1:
                         await self._reject_all(current, "request_too_large: a single record exceeds the "
                                                         "backend's request size limit")
                         continue
                     queue.extend(self._halves(current))
+                    continue
+                except Exception as e:
+                    # A record the codec cannot encode is bad input: narrow it down by halving, then dead-letter
+                    # that one record with the error, instead of losing the request or stalling the lane.
+                    metrics.ERRORS.labels(component=self.output, kind="encode").inc()
+                    if len(current.items) == 1:
+                        self.log.error("record cannot be encoded; dead-lettered",
+                                       extra={"output": self.output, "error": f"{type(e).__name__}: {e}"})
+                        await self._reject_all(current, f"encode_error: {type(e).__name__}: {e}")
+                    else:
+                        queue.extend(self._halves(current))
                     continue
                 verdict = await self._attempt(current, encoded)
                 if verdict.kind == SPLIT:
@@ -590,6 +603,13 @@ class Delivery(Generic[Item]):
                     attempt = 0
         finally:
             lane.slots.release()
+
+    async def _encode(self, req: _Request) -> Encoded:
+        """Encode (and compress) off the event loop for big requests: a multi-MB gzip would stall every other
+        lane and the inputs for tens of milliseconds. Re-done per attempt so signatures and dates are fresh."""
+        if req.nbytes >= 256 * 1024:
+            return await asyncio.to_thread(self.codec.encode, req.key, req.items)
+        return self.codec.encode(req.key, req.items)
 
     def _halves(self, req: _Request) -> list[_Request]:
         owners = req.owners()

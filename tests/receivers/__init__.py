@@ -29,20 +29,24 @@ class Receiver:
         self.request_log: list[dict[str, Any]] = []  # per request: time, outcome, headers of interest
         self.runner: web.AppRunner | None = None
         self.port = 0
+        self.scheme = "http"
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
-    async def start(self, port: int = 0) -> Receiver:
-        self.runner = web.AppRunner(self.app, access_log=None)
+    async def start(self, port: int = 0, ssl_context: Any = None) -> Receiver:
+        # auto_decompress off: the receiver must see the bytes on the wire and undo the encoding itself, so a
+        # body that claims gzip but is not (or the reverse) fails here as it would at the real service.
+        self.runner = web.AppRunner(self.app, access_log=None, auto_decompress=False)
         await self.runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
         self.port = sock.getsockname()[1]
-        site = web.SockSite(self.runner, sock)
+        site = web.SockSite(self.runner, sock, ssl_context=ssl_context)
+        self.scheme = "https" if ssl_context is not None else "http"
         await site.start()
         return self
 

@@ -1,0 +1,374 @@
+"""`loki` output: records into Grafana Loki through the push API, one delivery lane per tenant.
+
+Settings (besides the shared HTTP ones in `logagent.delivery`: url, batch, max_in_flight, retry, timeout, tls,
+auth, headers, buffer_max_bytes):
+
+    url: http://loki:3100                 # `/loki/api/v1/push` is appended unless the URL already ends with it
+    encoding: protobuf                    # protobuf (snappy-compressed, the default) or json (gzip or none)
+    labels:                               # label name -> field template; empty values are left out
+      namespace: "{kubernetes.namespace}"
+      pod: "{kubernetes.pod}"
+      container: "{kubernetes.container}"
+      app: "{kubernetes.labels.app}"
+      node: "{kubernetes.node}"
+      job: "{input}"
+    structured_metadata:                  # high-cardinality fields: name -> template (never labels)
+      pod_uid: "{kubernetes.pod_uid}"
+      filename: "{path}"
+    max_label_values: 500                 # per label name; beyond it new values go to structured metadata
+    tenant: "{kubernetes.namespace}"      # X-Scope-OrgID; a template (default: no header, single tenant)
+    line: message                         # message (the record's `message`) or json (the whole record)
+
+Templates use the `{dotted.field|fallback}` syntax of `logagent.delivery.FieldTemplate` (fallback is literal).
+
+Wire format (grafana/loki pkg/push/push.proto, see `outputs/proto/logproto.proto`): a `PushRequest` of
+`StreamAdapter{labels, entries}`, entries `EntryAdapter{timestamp, line, structuredMetadata}`, sorted by time
+within each stream, hand-encoded here (field numbers from the schema) and snappy block-compressed. JSON:
+`{"streams": [{"stream": {...}, "values": [["<ns>", "<line>", {metadata}]]}]}`.
+
+Answers: 2xx accepted. 429 and 5xx (and transport errors) retried with backoff, honouring Retry-After. 400 means
+Loki refused some entries (too old, line too long, ...) and, like the real distributor, may have accepted the
+rest: the request is bisected (Loki drops exact duplicates of entries it already has, so resending the accepted
+half is harmless) until each refused entry stands alone, which is then dead-lettered with Loki's reason. When the
+answer says every entry was refused ("total ignored: N out of N") the whole request is dead-lettered at once.
+Other 4xx (401/403/404/413...) : 413 splits, the rest is dead-lettered and logged as an error.
+
+Tenants: each tenant is its own lane in the delivery engine (own requests in flight, own retries), so one
+tenant's 429s or backlog never hold another tenant's records.
+
+Cardinality guard: Loki indexes labels; a label that takes unbounded values (a request id, a pod name in a
+CronJob-heavy cluster) creates unbounded streams. Once a label name has `max_label_values` distinct values, a
+record with a new value keeps that value as structured metadata instead (counted as flagged
+`label_cardinality`, warned once per label name).
+
+Must never: send a label value it has not escaped, set `parsed` (field 4), log record contents or credentials.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from logagent import metrics
+from logagent.component import Output
+from logagent.config import Section
+from logagent.delivery import (
+    OK,
+    REJECT,
+    RETRY,
+    SPLIT,
+    Delivery,
+    Encoded,
+    FieldTemplate,
+    HttpSettings,
+    Response,
+    Verdict,
+    compress,
+    parse_http_settings,
+    retry_after_seconds,
+    rfc3339_ns,
+)
+from logagent.record import Batch
+
+PUSH_PATH = "/loki/api/v1/push"
+DEFAULT_LABELS = {
+    "namespace": "{kubernetes.namespace}",
+    "pod": "{kubernetes.pod}",
+    "container": "{kubernetes.container}",
+    "app": "{kubernetes.labels.app}",
+    "node": "{kubernetes.node}",
+    "job": "{input}",
+}
+DEFAULT_METADATA = {"pod_uid": "{kubernetes.pod_uid}", "filename": "{path}"}
+# Loki's default limits.max_label_names_per_series.
+MAX_LABEL_NAMES = 15
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_TOTAL_IGNORED = re.compile(r"total ignored: (\d+) out of (\d+)")
+
+# An item: (labels string, time ns, line, structured metadata as ((name, value), ...)).
+Item = tuple[str, int, str, tuple[tuple[str, str], ...]]
+
+
+@dataclass(frozen=True)
+class LokiSettings:
+    http: HttpSettings
+    encoding: str
+    labels: tuple[tuple[str, str], ...]
+    structured_metadata: tuple[tuple[str, str], ...]
+    max_label_values: int
+    tenant: str
+    line: str
+
+
+# -- protobuf hand-encoding (field numbers from logproto.proto) --------------------------------------------------
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _ld(tag: int, payload: bytes) -> bytes:
+    """A length-delimited field: key byte (field << 3 | 2), length, payload."""
+    return bytes((tag,)) + _varint(len(payload)) + payload
+
+
+def encode_entry(ts_ns: int, line: str, metadata: tuple[tuple[str, str], ...]) -> bytes:
+    secs, nanos = divmod(ts_ns, 1_000_000_000)
+    stamp = b""
+    if secs:
+        stamp += b"\x08" + _varint(secs)
+    if nanos:
+        stamp += b"\x10" + _varint(nanos)
+    out = _ld(0x0A, stamp) + _ld(0x12, line.encode("utf-8", "surrogateescape"))
+    for name, value in metadata:
+        out += _ld(0x1A, _ld(0x0A, name.encode()) + _ld(0x12, value.encode("utf-8", "surrogateescape")))
+    return out
+
+
+def label_string(pairs: list[tuple[str, str]]) -> str:
+    """Prometheus label syntax, names sorted, values escaped as Go's strconv.Quote does for \\, " and newline."""
+    parts = []
+    for name, value in sorted(pairs):
+        v = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        parts.append(f'{name}="{v}"')
+    return "{" + ", ".join(parts) + "}"
+
+
+class LokiPush:
+    """The codec: records -> items per tenant, items -> push body, response -> verdict."""
+
+    def __init__(self, name: str, settings: LokiSettings) -> None:
+        self.name = name
+        self.settings = settings
+        http = settings.http
+        self.url = http.url if http.url.endswith(PUSH_PATH) else http.url + PUSH_PATH
+        self.labels = [(n, FieldTemplate(t)) for n, t in settings.labels]
+        self.metadata = [(n, FieldTemplate(t)) for n, t in settings.structured_metadata]
+        self.tenant = FieldTemplate(settings.tenant) if settings.tenant else None
+        self._label_keys = set().union(*(t.top_keys() for _, t in self.labels)) if self.labels else set()
+        self._meta_keys = set().union(*(t.top_keys() for _, t in self.metadata)) if self.metadata else set()
+        self._tenant_keys = self.tenant.top_keys() if self.tenant else set()
+        self._seen: dict[str, set[str]] = {n: set() for n, _ in settings.labels}
+        self._warned: set[str] = set()
+        self._capped = metrics.FLAGGED.labels(component=name, flag="label_cardinality")
+        self.labels_cache: dict[str, dict[str, str]] = {}
+        if http.compression == "snappy":
+            self.headers = {"Content-Type": "application/x-protobuf"}
+        else:
+            self.headers = {"Content-Type": "application/json"}
+            if http.compression == "gzip":
+                self.headers["Content-Encoding"] = "gzip"
+
+    # -- records -> items -----------------------------------------------------------------------------------
+    def _stream(self, rec: dict[str, Any]) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """Labels string plus the label values the cardinality guard moved to structured metadata."""
+        pairs = []
+        moved = []
+        limit = self.settings.max_label_values
+        for name, tmpl in self.labels:
+            value = tmpl.render(rec)
+            if not value:
+                continue
+            seen = self._seen[name]
+            if value not in seen:
+                if len(seen) >= limit:
+                    moved.append((name, value))
+                    if name not in self._warned:
+                        self._warned.add(name)
+                        logging.getLogger(f"logagent.output.{self.name}").warning(
+                            "label has too many values; new values go to structured metadata",
+                            extra={"output": self.name, "label": name, "max_label_values": limit})
+                    continue
+                seen.add(value)
+            pairs.append((name, value))
+        labels = label_string(pairs) if pairs else '{job="logagent"}'
+        if labels not in self.labels_cache:
+            if len(self.labels_cache) > 100_000:
+                self.labels_cache.clear()
+            self.labels_cache[labels] = dict(pairs) if pairs else {"job": "logagent"}
+        return labels, tuple(moved)
+
+    def _metadata(self, rec: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+        out = []
+        for name, tmpl in self.metadata:
+            value = tmpl.render(rec)
+            if value:
+                out.append((name, value))
+        return tuple(out)
+
+    def parts(self, batch: Batch) -> list[tuple[str, list[Item], int]]:
+        meta = batch.meta
+        meta_keys = set(meta)
+        # Labels, metadata and tenant usually come from batch-level fields (Kubernetes metadata, path): then
+        # they are rendered once per batch, not once per line.
+        labels_per_batch = self._label_keys <= meta_keys
+        md_per_batch = self._meta_keys <= meta_keys
+        tenant_per_batch = self._tenant_keys <= meta_keys
+        stream = self._stream(meta) if labels_per_batch else None
+        md = self._metadata(meta) if md_per_batch else None
+        tenant = (self.tenant.render(meta) if self.tenant else "") if tenant_per_batch else None
+        as_json = self.settings.line == "json"
+        by_tenant: dict[str, list[Item]] = {}
+        sizes: dict[str, int] = {}
+        now = time.time_ns()
+        records = batch.shipped() if (as_json or stream is None or md is None or tenant is None) else batch.records
+        capped = 0
+        for rec in records:
+            labels, moved = stream if stream is not None else self._stream(rec)
+            rmd = md if md is not None else self._metadata(rec)
+            if moved:
+                rmd = rmd + moved
+                capped += 1
+            t = tenant if tenant is not None else (self.tenant.render(rec) if self.tenant else "")
+            line = orjson.dumps(rec, default=str).decode() if as_json else rec.get("message", "")
+            if not isinstance(line, str):
+                line = orjson.dumps(line, default=str).decode()
+            ts = rfc3339_ns(rec.get("time"), now)
+            items = by_tenant.get(t)
+            if items is None:
+                items = by_tenant[t] = []
+                sizes[t] = 0
+            items.append((labels, ts, line, rmd))
+            sizes[t] += len(line) + len(labels) + 24
+        if capped:
+            self._capped.inc(capped)
+        return [(t, items, sizes[t]) for t, items in by_tenant.items()]
+
+    # -- codec ----------------------------------------------------------------------------------------------
+    def encode(self, key: str, items: list[Item]) -> Encoded:
+        streams: dict[str, list[Item]] = {}
+        for it in items:
+            s = streams.get(it[0])
+            if s is None:
+                streams[it[0]] = [it]
+            else:
+                s.append(it)
+        headers = dict(self.headers)
+        if key:
+            headers["X-Scope-OrgID"] = key
+        if self.settings.http.compression == "snappy":
+            out = []
+            for labels, entries in streams.items():
+                entries.sort(key=_by_time)
+                body = [_ld(0x0A, labels.encode())]
+                body.extend(_ld(0x12, encode_entry(ts, line, md)) for _, ts, line, md in entries)
+                out.append(_ld(0x0A, b"".join(body)))
+            return Encoded(compress("snappy", b"".join(out)), headers, self.url)
+        doc = {"streams": [
+            {"stream": self.labels_cache.get(labels) or {},
+             "values": [[str(ts), line, dict(md)] if md else [str(ts), line]
+                        for _, ts, line, md in sorted(entries, key=_by_time)]}
+            for labels, entries in streams.items()]}
+        body = orjson.dumps(doc)
+        if self.settings.http.compression == "gzip":
+            body = compress("gzip", body)
+        return Encoded(body, headers, self.url)
+
+    def interpret(self, key: str, items: list[Item], encoded: Encoded, r: Response) -> Verdict:
+        text = r.body[:2000].decode("utf-8", "replace").strip()
+        if r.status < 300:
+            return Verdict(OK)
+        if r.status == 429 or r.status >= 500:
+            return Verdict(RETRY, reason=f"HTTP {r.status}: {text[:300]}",
+                           retry_after=retry_after_seconds(r.headers.get("Retry-After")))
+        if r.status == 413:
+            return Verdict(SPLIT, reason=f"request_too_large: HTTP 413: {text[:300]}")
+        if r.status == 400:
+            reason = f"loki_400: {text[:500]}"
+            m = _TOTAL_IGNORED.search(text)
+            if len(items) > 1 and not (m and m.group(1) == m.group(2)):
+                return Verdict(SPLIT, reason=reason)
+            return Verdict(REJECT, reason=reason)
+        return Verdict(REJECT, reason=f"http_{r.status}: {text[:300]}")
+
+    def dead_record(self, key: str, item: Item) -> dict[str, Any]:
+        labels, ts, line, md = item
+        rec: dict[str, Any] = {"labels": labels, "time_ns": ts, "line": line}
+        if md:
+            rec["structured_metadata"] = dict(md)
+        if key:
+            rec["tenant"] = key
+        return rec
+
+
+def _by_time(item: Item) -> int:
+    return item[1]
+
+
+def _template_map(section: Section, key: str, default: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    mapping = section.str_map(key, default)
+    for name, text in mapping.items():
+        if not _LABEL_NAME.match(name):
+            raise section.error(f"{name!r} is not a valid Loki label name ([a-zA-Z_][a-zA-Z0-9_]*)", key)
+        try:
+            FieldTemplate(text)
+        except ValueError as e:
+            raise section.error(f"{name}: {e}", key) from None
+    return tuple(mapping.items())
+
+
+class LokiOutput(Output):
+    type_name = "loki"
+    settings: LokiSettings
+
+    @classmethod
+    def parse_settings(cls, section: Section) -> LokiSettings:
+        encoding = section.str("encoding", "protobuf", choices=("protobuf", "json"))
+        http = parse_http_settings(section, compressions=("snappy",) if encoding == "protobuf" else ("none", "gzip"),
+                                   default_compression="snappy" if encoding == "protobuf" else "gzip",
+                                   default_max_records=5000, default_max_bytes=4 * 1024 * 1024)
+        labels = _template_map(section, "labels", DEFAULT_LABELS)
+        if len(labels) > MAX_LABEL_NAMES:
+            raise section.error(f"at most {MAX_LABEL_NAMES} labels (Loki's per-series limit), got {len(labels)}",
+                                "labels")
+        settings = LokiSettings(
+            http=http,
+            encoding=encoding,
+            labels=labels,
+            structured_metadata=_template_map(section, "structured_metadata", DEFAULT_METADATA),
+            max_label_values=section.int("max_label_values", 500, min=1),
+            tenant=section.str("tenant", ""),
+            line=section.str("line", "message", choices=("message", "json")),
+        )
+        try:
+            FieldTemplate(settings.tenant)
+        except ValueError as e:
+            raise section.error(str(e), "tenant") from None
+        section.done()
+        return settings
+
+    def __init__(self, name: str, settings: LokiSettings, ctx: Any) -> None:
+        super().__init__(name, settings, ctx)
+        self.codec = LokiPush(name, settings)
+        self.delivery: Delivery[Item] = Delivery(name, settings.http, self.codec, ctx.dead_letter,
+                                                 on_permanent=self._permanent)
+
+    def _permanent(self, key: str, reason: str) -> None:
+        if not reason.startswith("loki_400"):
+            self.log.error("Loki refused a request for good; records dead-lettered",
+                           extra={"output": self.name, "tenant": key, "reason": reason[:300]})
+
+    async def start(self) -> None:
+        await self.delivery.start()
+
+    async def send(self, batch: Batch) -> None:
+        await self.delivery.submit(batch.ack, self.codec.parts(batch))
+
+    async def flush(self) -> None:
+        await self.delivery.flush()
+
+    async def stop(self) -> None:
+        await self.delivery.stop()
+
+    def ready(self) -> bool:
+        return self.delivery.ready()

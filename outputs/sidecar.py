@@ -1,0 +1,108 @@
+"""`sidecar` output: every record as one envelope JSON line on standard output, for `logagent sidecar`.
+
+A sidecar container tails files on a volume it shares with the application and writes them to its stdout; the
+container runtime stores that stdout as a CRI log on the node, where the node agent reads it. The envelope lets the
+node agent's `kubernetes` stage give each record back its own file name, offset and fields instead of treating the
+envelope as text (see `logagent.kubernetes.stage`, `SIDECAR_MARK`):
+
+    {"logagent.sidecar":1,"file":"/var/log/app/app.log","offset":1234,"message":"...","fields":{...}}
+
+`logagent.sidecar` is always the first key (the node side recognises a line by that prefix, without parsing every
+line); `fields` holds the record's other fields (parser fields, flags) and is left out when there are none.
+
+A batch is acknowledged only after its bytes were written and flushed to stdout, so the sidecar's checkpoint never
+passes a line the runtime has not received. If stdout is gone (the runtime closed the pipe) nothing more is
+acknowledged and the agent is asked to stop: the positions stay at what was written, and the restarted container
+resumes there. This output must never write anything but envelope lines to stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from typing import Any, BinaryIO
+
+import orjson
+
+from logagent import metrics
+from logagent.component import Context, Output
+from logagent.config import Section
+from logagent.record import Batch
+
+ENVELOPE_KEY = "logagent.sidecar"
+ENVELOPE_VERSION = 1
+# Batch meta keys that describe the sidecar's own reading, not the record: not carried in the envelope.
+_OWN_META = frozenset({"input", "path", "source_id", "pos_key"})
+_NOT_FIELDS = frozenset({"message", "offset"})
+
+
+def encode_envelopes(batch: Batch) -> bytes:
+    """One envelope line per record of the batch (a file's read: one path for all of them)."""
+    meta = batch.meta
+    path = str(meta.get("path", ""))
+    shared = {k: v for k, v in meta.items() if k not in _OWN_META}
+    dumps = orjson.dumps
+    opts = orjson.OPT_APPEND_NEWLINE
+    lines = []
+    for rec in batch.records:
+        message = rec.get("message", "")
+        env: dict[str, Any] = {ENVELOPE_KEY: ENVELOPE_VERSION, "file": path, "offset": rec.get("offset"),
+                               "message": message if isinstance(message, str) else _as_text(message)}
+        fields = {k: v for k, v in rec.items() if k not in _NOT_FIELDS}
+        if shared:
+            fields = {**shared, **fields}
+        if fields:
+            env["fields"] = fields
+        lines.append(dumps(env, default=str, option=opts))
+    return b"".join(lines)
+
+
+def _as_text(value: Any) -> str:
+    """A parser may have turned a message into a structure; the envelope's message is text, so keep it as JSON."""
+    return orjson.dumps(value, default=str).decode()
+
+
+class SidecarOutput(Output):
+    type_name = "sidecar"
+
+    @classmethod
+    def parse_settings(cls, section: Section) -> None:
+        section.done()
+        return None
+
+    def __init__(self, name: str, settings: None, ctx: Context, stream: BinaryIO | None = None) -> None:
+        super().__init__(name, settings, ctx)
+        self.stream = stream if stream is not None else sys.stdout.buffer
+        self.broken: str | None = None  # why stdout cannot be written any more
+        self._records = metrics.RECORDS_OUT.labels(output=name)
+        self._bytes = metrics.BYTES_OUT.labels(output=name)
+
+    def _write(self, data: bytes) -> None:
+        self.stream.write(data)
+        self.stream.flush()
+
+    async def send(self, batch: Batch) -> None:
+        if self.broken is not None:
+            return  # not acknowledged: the position stays, the next run of the sidecar reads it again
+        data = encode_envelopes(batch)
+        try:
+            # In a thread: a runtime slow to drain the pipe blocks the write, and the tailer must keep running.
+            await asyncio.to_thread(self._write, data)
+        except (OSError, ValueError) as e:  # EPIPE, EBADF; ValueError: the stream was closed
+            self.broken = f"{type(e).__name__}: {e}"
+            metrics.ERRORS.labels(component=self.name, kind="stdout_closed").inc()
+            self.log.error("stdout cannot be written; stopping without acknowledging", extra={"error": self.broken})
+            stop = self.ctx.services.get("stop_agent")
+            if stop is not None:
+                stop()
+            else:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
+        self._records.inc(len(batch.records))
+        self._bytes.inc(len(data))
+        batch.ack.done()
+
+    def ready(self) -> bool:
+        return self.broken is None
