@@ -368,7 +368,7 @@ def parse_config(data: Any, file: str) -> AgentConfig:
         state_dir=state_dir,
         dead_letter_path=top.str("dead_letter_path", os.path.join(state_dir, "dead-letter.jsonl")),
         grace_period=top.duration("grace_period", 10.0),
-        checkpoint_interval=top.duration("checkpoint_interval", 1.0),
+        checkpoint_interval=top.duration("checkpoint_interval", 0.2),
         limits=limits,
         inputs=_components(top, "inputs", "input", registry.INPUTS),
         stages=_components(top, "pipeline", "stage", registry.STAGES),

@@ -25,6 +25,7 @@ OUTPUTS: dict[str, str] = {
     "elasticsearch": "logagent.outputs.elasticsearch:ElasticsearchOutput",
     "loki": "logagent.outputs.loki:LokiOutput",
     "sls": "logagent.outputs.sls:SlsOutput",
+    "sidecar": "logagent.outputs.sidecar:SidecarOutput",
 }
 _TABLES = {"input": INPUTS, "stage": STAGES, "output": OUTPUTS}
 

@@ -1,18 +1,23 @@
 """A small Kubernetes API server for tests: pods list+watch over real HTTP on 127.0.0.1, as the real one speaks it.
 
 - GET /api/v1/pods (list): PodList with metadata.resourceVersion; honours fieldSelector=spec.nodeName=...,
-  limit and continue (pages), bearer-token auth (401 Status otherwise).
+  limit and continue (pages; the continue token is opaque and carries the snapshot's resourceVersion, so after a
+  compaction it is answered with HTTP 410 "Expired", as the real server does), bearer-token auth (401 Status
+  otherwise).
 - GET /api/v1/pods?watch=1 (watch): chunked newline-delimited JSON events ADDED / MODIFIED / DELETED from the
-  given resourceVersion, BOOKMARK events when allowWatchBookmarks=true, ends after timeoutSeconds; a
-  resourceVersion older than the compaction point gets 410 (HTTP status, or an ERROR event with a Status of code
-  410, as the real server does depending on when it notices).
-- Faults on demand: drop the next watch connection after N events (no terminating chunk), expire history (410),
-  end all watches, rotate the accepted token.
+  given resourceVersion (resourceVersion 0 or absent: the current pods as synthetic ADDED events first), BOOKMARK
+  events when allowWatchBookmarks=true, ends after timeoutSeconds; a resourceVersion older than the compaction
+  point gets 410 (HTTP status, or an ERROR event with a Status of code 410, as the real server does depending on
+  when it notices).
+- Faults on demand: drop the next watch connection after N events (no terminating chunk; optionally in the
+  middle of the N-th event's JSON line), expire history (410), end all watches, rotate the accepted token.
+- Every request's raw query string is kept (`queries`), so tests can check the exact wire form.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
 import uuid
@@ -25,19 +30,33 @@ from aiohttp import web
 def make_pod(name: str, namespace: str = "default", node: str = "node-a", uid: str | None = None,
              labels: dict[str, str] | None = None, annotations: dict[str, str] | None = None,
              containers: dict[str, tuple[str, str, int]] | None = None,
-             owner: tuple[str, str] | None = None, host_paths: dict[str, str] | None = None) -> dict[str, Any]:
-    """containers: name -> (image, container id without runtime prefix, restart count)."""
+             owner: tuple[str, str] | None = None, host_paths: dict[str, str] | None = None,
+             read_only_host_paths: dict[str, str] | None = None,
+             empty_dirs: tuple[str, ...] = ()) -> dict[str, Any]:
+    """containers: name -> (image, container id without runtime prefix, restart count).
+    host_paths / read_only_host_paths: volume name -> host directory, mounted by the first container (writable /
+    readOnly) at /mnt/<volume>; empty_dirs: emptyDir volume names, mounted the same way."""
     containers = containers or {"app": ("registry.local/app:1.0", uuid.uuid4().hex + uuid.uuid4().hex, 0)}
     meta: dict[str, Any] = {"name": name, "namespace": namespace, "uid": uid or str(uuid.uuid4()),
                             "labels": labels or {}, "annotations": annotations or {}}
     if owner:
         meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": owner[0], "name": owner[1],
                                     "uid": str(uuid.uuid4()), "controller": True}]
-    volumes = [{"name": v, "hostPath": {"path": p}} for v, p in (host_paths or {}).items()]
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    for paths, read_only in ((host_paths or {}, False), (read_only_host_paths or {}, True)):
+        for v, p in paths.items():
+            volumes.append({"name": v, "hostPath": {"path": p, "type": "DirectoryOrCreate"}})
+            mounts.append({"name": v, "mountPath": f"/mnt/{v}", **({"readOnly": True} if read_only else {})})
+    for v in empty_dirs:
+        volumes.append({"name": v, "emptyDir": {}})
+        mounts.append({"name": v, "mountPath": f"/mnt/{v}"})
+    specs = [{"name": n, "image": img} for n, (img, _, _) in containers.items()]
+    if mounts:
+        specs[0]["volumeMounts"] = mounts
     return {
         "kind": "Pod", "apiVersion": "v1", "metadata": meta,
-        "spec": {"nodeName": node, "volumes": volumes,
-                 "containers": [{"name": n, "image": img} for n, (img, _, _) in containers.items()]},
+        "spec": {"nodeName": node, "volumes": volumes, "containers": specs},
         "status": {"phase": "Running", "containerStatuses": [
             {"name": n, "image": img, "containerID": f"containerd://{cid}", "restartCount": rc, "ready": True}
             for n, (img, cid, rc) in containers.items()]},
@@ -68,6 +87,9 @@ class FakeApiServer:
     auth_seen: list[str | None] = field(default_factory=list)
     unauthorized: int = 0
     drop_after: int | None = None  # the next watch connection is cut after this many events
+    drop_mid_line: bool = False  # ...and the cut falls in the middle of the drop_after-th event's line
+    queries: list[str] = field(default_factory=list)  # raw query strings, in arrival order
+    compact_after_page: bool = False  # compact history right after the next first page that has a continue token
     active_watches: int = 0
 
     def __post_init__(self) -> None:
@@ -159,6 +181,7 @@ class FakeApiServer:
     async def _pods(self, request: web.Request) -> web.StreamResponse:
         auth = request.headers.get("Authorization")
         self.auth_seen.append(auth)
+        self.queries.append(request.query_string)
         if self.token is not None and auth != f"Bearer {self.token}":
             self.unauthorized += 1
             return web.json_response(self._status(401, "Unauthorized", "Unauthorized"), status=401)
@@ -166,18 +189,41 @@ class FakeApiServer:
         node = self._node_of(q.get("fieldSelector"))
         if q.get("watch") in ("1", "true"):
             return await self._watch(request, node)
-        if "continue" not in q:
+        start, snapshot = 0, self.rv
+        if "continue" in q:
+            try:
+                token = json.loads(base64.urlsafe_b64decode(q["continue"]))
+                start, snapshot = int(token["start"]), int(token["rv"])
+            except (ValueError, KeyError, TypeError):
+                return web.json_response(self._status(400, "BadRequest", "continue key is not valid"), status=400)
+            if snapshot < self.compacted:
+                return web.json_response(self._status(
+                    410, "Expired", "The provided continue parameter is too old to display a consistent list "
+                    "result. You can start a new list without the continue parameter."), status=410)
+        else:
             self.lists += 1
             self.list_selectors.append(q.get("fieldSelector"))
+        rv_asked = q.get("resourceVersion")
+        if (q.get("resourceVersionMatch") == "Exact" and rv_asked and int(rv_asked) < self.compacted):
+            return web.json_response(self._status(410, "Expired", f"too old resource version: {rv_asked} "
+                                                  f"({self.compacted})"), status=410)
+        # Pages after the first are served from the first one's snapshot; the fake keeps no old snapshots, so
+        # it pages over the current pods (tests do not change pods in the middle of a paged list).
         items = [p for p in self.pods.values() if node is None or p["spec"]["nodeName"] == node]
-        start = int(q.get("continue", "0"))
-        limit = int(q.get("limit", "0")) or len(items) or 1
-        if self.page_size_cap:
-            limit = min(limit, self.page_size_cap)
+        limit = int(q.get("limit", "0"))
+        if limit and self.page_size_cap:
+            limit = min(limit, self.page_size_cap)  # a server may return fewer than asked; never pages unasked
+        limit = limit or len(items) or 1
         page = items[start:start + limit]
-        meta: dict[str, Any] = {"resourceVersion": str(self.rv)}
+        meta: dict[str, Any] = {"resourceVersion": str(snapshot)}
         if start + limit < len(items):
-            meta["continue"] = str(start + limit)
+            meta["continue"] = base64.urlsafe_b64encode(
+                json.dumps({"rv": snapshot, "start": start + limit}).encode()).decode()
+            meta["remainingItemCount"] = len(items) - start - limit
+            if self.compact_after_page and start == 0:
+                self.compact_after_page = False
+                self.rv += 1
+                self.compacted = self.rv
         return web.json_response({"kind": "PodList", "apiVersion": "v1", "metadata": meta, "items": page})
 
     async def _watch(self, request: web.Request, node: str | None) -> web.StreamResponse:
@@ -200,10 +246,17 @@ class FakeApiServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + float(q.get("timeoutSeconds") or 1800)
         drop_after, self.drop_after = self.drop_after, None
+        mid_line, self.drop_mid_line = self.drop_mid_line, False
         end_gen = self._end_gen
         sent = 0
         self.active_watches += 1
         try:
+            if not since:
+                # resourceVersion 0 / unset means "any": the current state as ADDED events, then changes.
+                since = self.rv
+                for obj in list(self.pods.values()):
+                    if node is None or obj["spec"]["nodeName"] == node:
+                        await resp.write(json.dumps({"type": "ADDED", "object": obj}).encode() + b"\n")
             while True:
                 seen = self._seq
                 if self._end_gen != end_gen:
@@ -217,13 +270,18 @@ class FakeApiServer:
                             continue
                     elif node is not None and obj["spec"]["nodeName"] != node:
                         continue
-                    await resp.write(json.dumps({"type": type_, "object": obj}).encode() + b"\n")
+                    line = json.dumps({"type": type_, "object": obj}).encode() + b"\n"
                     sent += 1
                     if drop_after is not None and sent >= drop_after:
+                        if mid_line:
+                            await resp.write(line[: len(line) // 2])
+                        else:
+                            await resp.write(line)
                         # Cut the connection mid-stream: no terminating chunk.
                         assert request.transport is not None
                         request.transport.close()
                         return resp
+                    await resp.write(line)
                 left = deadline - loop.time()
                 if left <= 0:
                     break

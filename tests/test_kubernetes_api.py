@@ -130,8 +130,8 @@ async def test_dropped_watch_resumes_from_last_resource_version_without_relist(a
         third = make_pod("third", uid="uid-third", labels={"n": "3"})
         api.add(third)
         await async_wait_for(lambda: "labels" in (kube(stage, pod_path(third)) or {}), what="third pod tagged")
-        assert "labels" not in kube(stage, pod_path(second)) or True
-        assert stage.cache.by_uid("uid-second") is not None
+        # the pod delivered just before the cut is known from the API (image is not in the path)
+        assert kube(stage, pod_path(second))["image"] == "registry.local/app:1.0"
         assert api.lists == 1, "a dropped watch resumes from its resourceVersion: no relist"
     finally:
         await stage.stop()
@@ -187,8 +187,10 @@ async def test_api_unreachable_records_still_flow_with_path_metadata() -> None:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()  # nothing listens there
-    stage = make_stage(f"http://127.0.0.1:{port}")
+    stage = make_stage(f"http://127.0.0.1:{port}", sync_timeout="300ms")
+    t0 = time.monotonic()
     await stage.start()
+    assert time.monotonic() - t0 < 3.0, "start waits for the first list only up to sync_timeout"
     try:
         pod = make_pod("lonely", "ns1", uid="uid-lonely")
         t0 = time.monotonic()
@@ -351,3 +353,186 @@ async def test_kubeconfig_out_of_cluster_over_tls(tmp_path: Path, mode: str) -> 
     finally:
         await stage.stop()
         await api.stop()
+
+
+async def test_watch_cut_in_the_middle_of_a_json_line_resumes_after_the_last_whole_event(
+        api: FakeApiServer) -> None:
+    stage = make_stage(api.url)
+    await stage.start()
+    try:
+        await async_wait_for(lambda: api.active_watches == 1, what="watch connected")
+        api.drop_after, api.drop_mid_line = 2, True
+        api.end_watches()
+        await async_wait_for(lambda: len(api.watches) == 2 and api.active_watches == 1, what="second watch")
+        whole = make_pod("whole", uid="uid-whole", labels={"got": "whole"})
+        api.add(whole)
+        rv_whole = api.rv
+        halved = make_pod("halved", uid="uid-halved", labels={"got": "halved"})
+        api.add(halved)  # its line is cut in two, then the connection closes without a terminating chunk
+        await async_wait_for(lambda: len(api.watches) == 3, what="reconnect after the cut")
+        # resumed from the last event that arrived whole: the half line was neither applied nor skipped over
+        assert api.watches[2].resource_version == str(rv_whole)
+        await async_wait_for(lambda: "labels" in (kube(stage, pod_path(halved)) or {}), what="halved pod re-sent")
+        assert kube(stage, pod_path(halved))["labels"] == {"got": "halved"}
+        assert kube(stage, pod_path(whole))["labels"] == {"got": "whole"}
+        assert api.lists == 1
+        watcher = stage.watcher
+        assert watcher is not None and watcher.last_error is not None  # the cut was seen as an error, then retried
+    finally:
+        await stage.stop()
+
+
+async def test_requests_carry_the_exact_wire_form_and_the_bearer_token(api: FakeApiServer,
+                                                                      tmp_path: Path) -> None:
+    api.token = "s3cret"
+    # no token file: requests go without Authorization and the server refuses them (401), retried with backoff
+    stage = make_stage(api.url, sync_timeout="100ms")
+    await stage.start()
+    try:
+        await async_wait_for(lambda: api.unauthorized >= 2, what="unauthenticated requests refused")
+        assert api.auth_seen[0] is None and not api.watches and not stage.cache.synced
+    finally:
+        await stage.stop()
+    api.unauthorized = 0
+    api.auth_seen.clear()
+    api.queries.clear()
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    stage = make_stage(api.url, token_file=str(token))
+    await stage.start()
+    try:
+        await async_wait_for(lambda: api.active_watches == 1, what="watch connected")
+        list_q, watch_q = api.queries[0], api.queries[1]
+        list_params = dict(kv.split("=", 1) for kv in list_q.split("&"))
+        # the selector's "=" travels percent-encoded, as client-go sends it
+        assert list_params["fieldSelector"] == "spec.nodeName%3Dnode-a"
+        assert list_params["resourceVersion"] == "0" and "watch" not in list_params
+        watch_params = dict(kv.split("=", 1) for kv in watch_q.split("&"))
+        assert watch_params["watch"] == "1" and watch_params["allowWatchBookmarks"] == "true"
+        assert watch_params["fieldSelector"] == "spec.nodeName%3Dnode-a"
+        assert watch_params["resourceVersion"] == str(api.rv)
+        assert api.auth_seen == ["Bearer s3cret", "Bearer s3cret"] and api.unauthorized == 0
+    finally:
+        await stage.stop()
+
+
+async def test_expired_continue_token_falls_back_to_one_unpaged_list(api: FakeApiServer) -> None:
+    api.page_size_cap = 2
+    for i in range(5):
+        api.add(make_pod(f"p{i}", uid=f"uid-{i}"))
+    api.compact_after_page = True  # the first page's continue token is too old by the time it is used
+    stage = make_stage(api.url)
+    await stage.start()
+    try:
+        await async_wait_for(lambda: stage.cache.synced, what="synced")
+        continues = [q for q in api.queries if "continue=" in q]
+        assert len(continues) == 1, "one continue request, answered 410 Expired"
+        assert api.lists == 2, "the paged list, then one unpaged list"
+        assert "limit=" not in [q for q in api.queries if "watch=" not in q][-1]
+        assert sorted(stage.cache.by_uid(f"uid-{i}")["pod"] for i in range(5)) == [f"p{i}" for i in range(5)]
+        await async_wait_for(lambda: api.active_watches == 1, what="watch after the list")
+    finally:
+        await stage.stop()
+
+
+async def test_owner_resolution_for_every_workload_kind(api: FakeApiServer) -> None:
+    cases = {
+        "deploy": (("ReplicaSet", "web-6b9f7d8c4"), {"pod-template-hash": "6b9f7d8c4"}, ("Deployment", "web")),
+        "bare-rs": (("ReplicaSet", "handmade"), {}, ("ReplicaSet", "handmade")),
+        "rs-other-hash": (("ReplicaSet", "web-6b9f7d8c4"), {"pod-template-hash": "zzz"},
+                          ("ReplicaSet", "web-6b9f7d8c4")),
+        "ds": (("DaemonSet", "node-exporter"), {}, ("DaemonSet", "node-exporter")),
+        "sts": (("StatefulSet", "db"), {}, ("StatefulSet", "db")),
+        "cron": (("Job", "backup-28950120"), {}, ("CronJob", "backup")),
+        "dated-job": (("Job", "backup-20240101"), {}, ("Job", "backup-20240101")),
+        "plain-job": (("Job", "migrate"), {}, ("Job", "migrate")),
+        "static": (("Node", "node-a"), {}, ("Node", "node-a")),
+    }
+    for name, (owner, labels, _) in cases.items():
+        api.add(make_pod(name, uid=f"uid-{name}", owner=owner, labels=labels))
+    api.add(make_pod("orphan", uid="uid-orphan"))
+    stage = make_stage(api.url)
+    await stage.start()
+    try:
+        await async_wait_for(lambda: stage.cache.synced, what="synced")
+        for name, (_, _, (kind, owner_name)) in cases.items():
+            assert stage.cache.by_uid(f"uid-{name}")["owner"] == {"kind": kind, "name": owner_name}, name
+        assert "owner" not in stage.cache.by_uid("uid-orphan")
+        # a pod arriving later through the watch is resolved the same way
+        api.add(make_pod("later", uid="uid-later", owner=("ReplicaSet", "api-5c4d"),
+                         labels={"pod-template-hash": "5c4d"}))
+        await async_wait_for(lambda: stage.cache.by_uid("uid-later"), what="later pod")
+        assert kube(stage, pod_path(make_pod("later", uid="uid-later")))["owner"] == {
+            "kind": "Deployment", "name": "api"}
+    finally:
+        await stage.stop()
+
+
+async def test_a_pod_object_the_cache_cannot_read_is_skipped_and_counted(api: FakeApiServer) -> None:
+    api.add(make_pod("good", uid="uid-good", labels={"ok": "1"}))
+    broken = make_pod("broken", uid="uid-broken")
+    broken["spec"]["volumes"] = "not-a-list-of-volumes"
+    api.add(broken)
+    before = metrics.REGISTRY.get_sample_value(
+        "logagent_errors_total", {"component": "kubernetes", "kind": "bad_pod"}) or 0.0
+    stage = make_stage(api.url)
+    await stage.start()
+    try:
+        await async_wait_for(lambda: stage.cache.synced, what="synced despite the broken pod")
+        assert stage.cache.by_uid("uid-good")["labels"] == {"ok": "1"}
+        assert stage.cache.by_uid("uid-broken") is None
+        api.modify(broken)  # through the watch too
+        api.add(make_pod("after", uid="uid-after", labels={"ok": "2"}))
+        await async_wait_for(lambda: stage.cache.by_uid("uid-after"), what="watch goes on past the broken pod")
+        after = metrics.REGISTRY.get_sample_value(
+            "logagent_errors_total", {"component": "kubernetes", "kind": "bad_pod"}) or 0.0
+        assert after - before == 2
+        assert api.lists == 1
+    finally:
+        await stage.stop()
+
+
+async def test_api_that_accepts_but_never_answers_blocks_nothing() -> None:
+    """A black hole (TCP accepted, no HTTP answer): start returns after sync_timeout, batches flow meanwhile."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.read(65536)  # take the request, answer nothing
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    stage = make_stage(f"http://127.0.0.1:{port}", sync_timeout="500ms")
+    try:
+        t0 = time.monotonic()
+        await stage.start()
+        waited = time.monotonic() - t0
+        assert 0.4 <= waited < 3.0
+        assert held, "the list request reached the black hole"
+        pod = make_pod("stuck", "ns2", uid="uid-stuck")
+        t0 = time.monotonic()
+        metas = [kube(stage, pod_path(pod)) for _ in range(500)]
+        assert time.monotonic() - t0 < 1.0
+        assert metas[-1] == {"namespace": "ns2", "pod": "stuck", "pod_uid": "uid-stuck", "container": "app",
+                             "restart_count": 0}
+        assert not stage.cache.synced
+    finally:
+        await asyncio.wait_for(stage.stop(), 2.0)
+        for w in held:
+            w.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_start_waits_for_the_first_list_so_annotations_steer_files_opened_at_once(
+        api: FakeApiServer) -> None:
+    api.add(make_pod("javaapp", uid="uid-java", annotations={"logagent.io/multiline": "java"}))
+    stage = make_stage(api.url)
+    await stage.start()
+    try:
+        # no waiting here: by the time inputs start (after stages), the first list is in
+        assert stage.cache.synced
+        assert stage.ctx.services["file_overrides"](pod_path(make_pod("javaapp", uid="uid-java"))) == {
+            "multiline": "java"}
+    finally:
+        await stage.stop()

@@ -35,7 +35,7 @@ from logagent.component import Context, Emit, Input
 from logagent.config import Section
 from logagent.inputs.file.checkpoints import STARTED_KEY, StoredPosition, file_key, locate, verify
 from logagent.inputs.file.discovery import FileGlobs
-from logagent.inputs.file.fingerprint import fingerprint_of, read_head
+from logagent.inputs.file.fingerprint import fingerprint_of, matches, read_head
 from logagent.inputs.file.reader import LineSplitter
 from logagent.inputs.file.settings import FileSettings, parse_file_settings, parser_factory
 from logagent.inputs.file.tail import Tail, make_source_id
@@ -64,6 +64,7 @@ class FileInput(Input):
         self.by_real: dict[str, str] = {}  # real path -> key, for inotify events on symlink targets
         self._dirty: set[str] = set()  # keys with data to read
         self._wake = asyncio.Event()
+        self.ready = asyncio.Event()  # set once existing files are followed and the directory watches are on
         self._stopping = False
         self._changes: list[Changes] = []
         self._watch = DirectoryWatch(self._on_changes)
@@ -85,6 +86,7 @@ class FileInput(Input):
         self._watch.start(loop)
         for directory, recursive in self.globs.watch_roots():
             self._watch.watch(directory, recursive)
+        self.ready.set()
         next_poll = time.monotonic() + self.settings.poll_interval
         try:
             while not self._stopping:
@@ -278,25 +280,10 @@ class FileInput(Input):
                     rescan = True  # a new pod directory: its files may already be there
                     continue
                 if kind == "created":
-                    if src not in self.by_path and self.globs.matches(src):
-                        self._open(src)
-                    elif src in self.by_path:
-                        rescan = True  # same name, maybe a new file: the scan compares inodes
+                    if self.globs.matches(src):
+                        self._created(src)
                 elif kind == "moved":
-                    key = self.by_path.get(src) or self.by_real.get(src)
-                    if key is not None:
-                        tail = self.tails[key]
-                        if not tail.orphaned and tail.path == src:
-                            self._orphan(tail, "rename")
-                        self._dirty.add(key)
-                    elif self.globs.matches(src):
-                        # created and renamed before we saw it under its glob name: follow it where it went
-                        tail = self._open(dest, name=src, orphaned=True)
-                        if tail is not None:
-                            log.info("following a file rotated before it was seen", extra={"path": src,
-                                                                                           "now_at": dest})
-                    if self.globs.matches(dest) and dest not in self.by_path:
-                        self._open(dest)
+                    self._moved(src, dest)
                 elif kind == "deleted":
                     key = self.by_path.get(src) or self.by_real.get(src)
                     if key is not None:
@@ -304,6 +291,45 @@ class FileInput(Input):
                         rescan = True
         if rescan:
             self._scan()
+
+    def _created(self, path: str) -> None:
+        """A new file under a glob name: follow it now (it may be renamed away before the next scan)."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return  # gone already: its "moved" event follows, or it was deleted
+        key = file_key(st.st_dev, st.st_ino)
+        if key in self.tails:
+            return
+        old = self.by_path.get(path)
+        if old is not None:
+            self._orphan(self.tails[old], "rename")
+        self._open(path)
+
+    def _moved(self, src: str, dest: str) -> None:
+        """Events name paths, and by the time one is handled the path may hold another file: the file that moved
+        is the one now at `dest` (found by inode), whatever `src` holds meanwhile."""
+        try:
+            st = os.stat(dest)
+        except OSError:
+            st = None
+        key = file_key(st.st_dev, st.st_ino) if st is not None else None
+        tail = self.tails.get(key) if key is not None else None
+        if tail is not None:
+            if self.by_real.get(tail.real) == tail.key:
+                del self.by_real[tail.real]
+            tail.real = dest
+            self.by_real[dest] = tail.key
+            if tail.path == src and not tail.orphaned and not self.globs.matches(dest):
+                self._orphan(tail, "rename")
+            self._dirty.add(tail.key)
+        elif st is not None and self.globs.matches(src) and not self.globs.matches(dest):
+            # created and renamed before we followed it under its glob name: follow it where it went
+            tail = self._open(dest, name=src, orphaned=True)
+            if tail is not None:
+                log.info("following a file rotated before it was seen", extra={"path": src, "now_at": dest})
+        if st is not None and self.globs.matches(dest) and dest not in self.by_path:
+            self._open(dest)
 
     def _orphan(self, tail: Tail, why: str) -> None:
         if tail.orphaned:
@@ -327,6 +353,10 @@ class FileInput(Input):
             tail.size = st.st_size
             if tail.orphaned:
                 continue
+            if tail.read_offset and not matches(tail.fd, tail.fp):
+                # copytruncate followed by writes past our offset before we looked: the size never shrank
+                tail.rewritten = True
+                self._dirty.add(key)
             try:
                 now_st = os.stat(tail.path)
                 if (now_st.st_dev, now_st.st_ino) != (tail.dev, tail.ino):
@@ -362,7 +392,9 @@ class FileInput(Input):
                 continue
             try:
                 size = os.fstat(tail.fd).st_size
-                if size < tail.read_offset:
+                # one small pread per read: a copytruncate whose new contents already reach past our offset
+                # shows only in the file's first bytes
+                if size < tail.read_offset or tail.rewritten or (tail.read_offset and not matches(tail.fd, tail.fp)):
                     metrics.ROTATIONS.labels(input=self.name, kind="truncate").inc()
                     log.info("file truncated (copytruncate); reading it again from the start",
                              extra={"path": tail.path, "offset": tail.read_offset, "size": size})

@@ -43,6 +43,7 @@ class Tail:
     last_growth: float = 0.0
     size: int = 0  # last size seen by fstat
     closed: bool = False
+    rewritten: bool = False  # first bytes changed: truncated and written past our offset between two looks
     pending: list[Record] = field(default_factory=list)  # records read but not emitted yet
     pending_bytes: int = 0
 
@@ -96,6 +97,7 @@ class Tail:
         self.source_id = make_source_id(self.dev, self.ino, read_head(self.fd, self.fingerprint_bytes))
         self.meta = {**self.meta, "source_id": self.source_id}
         self.at_eof = False
+        self.rewritten = False
 
     # -- positions ------------------------------------------------------------------------------------------
     def safe_offset(self) -> int:

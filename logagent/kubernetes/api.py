@@ -229,6 +229,7 @@ class PodWatcher:
         self.watches = 0  # watch requests answered with 200
         self.events = 0
         self.last_error: str | None = None
+        self.synced = asyncio.Event()  # set after the first full list was applied
         self._backoff = Backoff(settings.backoff_initial, settings.backoff_max)
         self._session: aiohttp.ClientSession | None = None
         self._ssl: ssl.SSLContext | bool | None = None
@@ -266,6 +267,16 @@ class PodWatcher:
                                 extra={"error": self.last_error, "retry_in": round(delay, 3),
                                        "server": self.creds.server})
                     await asyncio.sleep(delay)
+                except Exception as e:
+                    # Whatever the server sent, the watch must not die: a dead watch means stale metadata
+                    # for the rest of the agent's life. Log it loudly and start over from a fresh list.
+                    self.last_error = f"{type(e).__name__}: {e}"
+                    delay = self._backoff.next()
+                    metrics.ERRORS.labels(component="kubernetes", kind="watch_failed").inc()
+                    log.exception("kubernetes watch failed unexpectedly; relisting",
+                                  extra={"error": self.last_error, "retry_in": round(delay, 3)})
+                    self.resource_version = None
+                    await asyncio.sleep(delay)
         finally:
             await self._session.close()
 
@@ -289,8 +300,20 @@ class PodWatcher:
             async with self._session.get(f"{self.creds.server}/api/v1/pods", params=params,
                                          headers=self.tokens.header(), timeout=timeout) as resp:
                 body = await resp.read()
-                self._check(resp, body)
+                try:
+                    self._check(resp, body)
+                except Gone:
+                    if "continue" not in params:
+                        raise
+                    # The continue token expired between pages (compaction). Paging again could expire again
+                    # on a busy cluster; one unpaged list is consistent by construction.
+                    log.info("list continue token expired; listing again without paging")
+                    items.clear()
+                    params = {"fieldSelector": self._selector, "resourceVersion": "0"}
+                    continue
             doc = orjson.loads(body)
+            if not isinstance(doc, dict):
+                raise ApiError(f"list answered with a {type(doc).__name__}, not a PodList")
             items.extend(doc.get("items") or ())
             meta = doc.get("metadata") or {}
             cont = meta.get("continue")
@@ -298,9 +321,13 @@ class PodWatcher:
                 break
             # Later pages are served consistently with the first one's snapshot.
             params = {"fieldSelector": self._selector, "limit": str(self.settings.page_size), "continue": cont}
-        self.cache.replace_all(items)
+        bad = self.cache.replace_all(items)
+        if bad:
+            metrics.ERRORS.labels(component="kubernetes", kind="bad_pod").inc(bad)
+            log.warning("pod objects not understood in the list; skipped", extra={"skipped": bad})
         self.resource_version = str(meta.get("resourceVersion") or "0")
         self.lists += 1
+        self.synced.set()
         self._backoff.reset()
         log.info("pods listed", extra={"pods": len(items), "resource_version": self.resource_version,
                                        "node": self.settings.node_name})
@@ -338,7 +365,23 @@ class PodWatcher:
                 seen += 1
         return seen
 
+    def _apply_pod(self, kind: str, obj: dict[str, Any]) -> None:
+        """One pod into the cache. A pod object we cannot read is skipped and counted, not fatal: failing the
+        watch would only make us relist into the same object again and again."""
+        try:
+            if kind == "DELETED":
+                self.cache.delete(obj)
+            else:
+                self.cache.upsert(obj)
+        except (AttributeError, TypeError, KeyError, ValueError) as e:
+            metrics.ERRORS.labels(component="kubernetes", kind="bad_pod").inc()
+            log.warning("pod object not understood; skipped",
+                        extra={"error": f"{type(e).__name__}: {e}", "event": kind,
+                               "pod": str(obj.get("metadata"))[:200]})
+
     def _apply(self, event: dict[str, Any]) -> None:
+        if not isinstance(event, dict) or not isinstance(event.get("object") or {}, dict):
+            raise ApiError(f"watch event is not an object: {str(event)[:200]}")
         kind = event.get("type")
         obj = event.get("object") or {}
         self.events += 1
@@ -347,10 +390,8 @@ class PodWatcher:
             if code == 410:
                 raise Gone(str(obj.get("message", "410 Gone")))
             raise ApiError(f"watch error event: {obj.get('code')} {obj.get('reason')}: {obj.get('message')}")
-        if kind in ("ADDED", "MODIFIED"):
-            self.cache.upsert(obj)
-        elif kind == "DELETED":
-            self.cache.delete(obj)
+        if kind in ("ADDED", "MODIFIED", "DELETED"):
+            self._apply_pod(kind, obj)
         elif kind != "BOOKMARK":
             raise ApiError(f"unknown watch event type {kind!r}")
         rv = (obj.get("metadata") or {}).get("resourceVersion")

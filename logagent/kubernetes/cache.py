@@ -46,7 +46,7 @@ class PodEntry:
     annotations: dict[str, str]  # only the selected keys (allow-list + logagent.io/*)
     owner: dict[str, str] | None
     containers: dict[str, ContainerState]
-    host_paths: tuple[tuple[str, str], ...]  # (hostPath path, volume name)
+    host_paths: tuple[tuple[str, str], ...]  # (host directory a container writes to, volume name)
     version: int
     deleted_at: float | None = None
     # every container id this pod has had while we watched it: id -> (container name, restart count or None)
@@ -140,10 +140,7 @@ class PodCache:
                 containers[name] = ContainerState(name, image, None, None, None)
         if len(known) > 64:  # a crash-looping container must not grow this without bound
             known = dict(list(known.items())[-64:])
-        host_paths = tuple(
-            (str(v["hostPath"].get("path", "")).rstrip("/") or "/", str(v.get("name", "")))
-            for v in spec.get("volumes") or () if isinstance(v.get("hostPath"), dict)
-        )
+        host_paths = _writable_host_dirs(spec)
         self._version += 1
         entry = PodEntry(
             uid=uid, namespace=str(meta.get("namespace", "")), name=str(meta.get("name", "")),
@@ -166,11 +163,17 @@ class PodCache:
         if entry is not None:
             entry.deleted_at = self.clock()
 
-    def replace_all(self, pods: list[dict[str, Any]]) -> None:
-        """Apply a full list (first sync or relist after 410): pods missing from it were deleted meanwhile."""
+    def replace_all(self, pods: list[dict[str, Any]]) -> int:
+        """Apply a full list (first sync or relist after 410): pods missing from it were deleted meanwhile.
+        Returns how many pod objects could not be read (skipped, so one odd pod cannot block every other)."""
         seen = set()
+        bad = 0
         for pod in pods:
-            entry = self.upsert(pod)
+            try:
+                entry = self.upsert(pod)
+            except (AttributeError, TypeError, KeyError, ValueError):
+                bad += 1
+                continue
             if entry is not None:
                 seen.add(entry.uid)
         now = self.clock()
@@ -178,6 +181,7 @@ class PodCache:
             if uid not in seen and entry.deleted_at is None:
                 entry.deleted_at = now
         self.synced = True
+        return bad
 
     def _unindex(self, entry: PodEntry) -> None:
         if self._by_name.get((entry.namespace, entry.name)) == entry.uid:
@@ -195,6 +199,8 @@ class PodCache:
         for entry in expired:
             self._unindex(entry)
             del self._pods[entry.uid]
+        if expired:
+            self._version += 1
 
     # -- reads ----------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -223,14 +229,32 @@ class PodCache:
             uid = next((u for k, u in self._by_cid.items() if k.startswith(cid)), None)
         return self._pods.get(uid) if uid else None
 
+    @property
+    def generation(self) -> int:
+        """Changes whenever any pod is added, changed or purged: answers derived from the whole cache (such as
+        `host_path_owner`) stay valid while it does not."""
+        return self._version
+
     def host_path_owner(self, path: str) -> tuple[PodEntry, str] | None:
-        """The pod (and volume name) whose hostPath volume holds `path`; the longest mount wins."""
-        best: tuple[int, PodEntry, str] | None = None
+        """The pod (and volume name) that writes `path` through a hostPath volume, or None.
+
+        Only mounts a container can write through count (a read-only mount, such as this agent's own /var/log,
+        owns nothing). The deepest host directory wins (/data/app over /data). If several pods write to that
+        same directory the writer cannot be known: None, rather than a guess that would tag one pod's lines
+        with another's name. A live pod wins over deleted ones (its predecessor's retention may overlap).
+        """
+        best_len = -1
+        found: list[tuple[PodEntry, str]] = []
         for entry in self._pods.values():
             for hp, volume in entry.host_paths:
-                if (path == hp or path.startswith(hp + "/")) and (best is None or len(hp) > best[0]):
-                    best = (len(hp), entry, volume)
-        return (best[1], best[2]) if best else None
+                # a pod mounting the whole host ("/", node debuggers) is no log volume: `hp + "/"` is "//" then
+                if path == hp or path.startswith(hp + "/"):
+                    if len(hp) > best_len:
+                        best_len, found = len(hp), [(entry, volume)]
+                    elif len(hp) == best_len and all(e is not entry for e, _ in found):
+                        found.append((entry, volume))
+        live = [f for f in found if f[0].deleted_at is None] or found
+        return live[0] if len(live) == 1 else None
 
     def by_uid(self, uid: str) -> dict[str, Any] | None:
         entry = self.pod(uid)
@@ -258,6 +282,28 @@ class PodCache:
         if entry.deleted_at is not None:
             out["deleted"] = True
         return out
+
+
+def _writable_host_dirs(spec: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(host directory, volume name) for every hostPath volume some container mounts writable. A mount with
+    subPath writes below the volume's path, so that deeper directory is the one it owns."""
+    volumes = {str(v.get("name", "")): str(v["hostPath"].get("path", ""))
+               for v in spec.get("volumes") or () if isinstance(v.get("hostPath"), dict)}
+    if not volumes:
+        return ()
+    out: dict[tuple[str, str], None] = {}
+    for key in ("initContainers", "containers", "ephemeralContainers"):
+        for c in spec.get(key) or ():
+            for m in c.get("volumeMounts") or ():
+                name = str(m.get("name", ""))
+                if name not in volumes or m.get("readOnly"):
+                    continue
+                hp = volumes[name].rstrip("/") or "/"
+                sub = str(m.get("subPath") or "").strip("/")
+                if sub:
+                    hp = f"{hp.rstrip('/')}/{sub}"
+                out[(hp, name)] = None
+    return tuple(out)
 
 
 def pod_meta(entry: PodEntry) -> dict[str, Any]:

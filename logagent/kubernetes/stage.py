@@ -9,6 +9,10 @@ get the rest. Pod annotations steer collection:
     logagent.io/multiline: java|python|go|node|ruby      } told to the file tailer when it opens the file,
     logagent.io/parser: json|text                        } through ctx.services["file_overrides"](path)
 
+Files on pod volumes: an emptyDir file (/var/lib/kubelet/pods/<uid>/volumes/kubernetes.io~empty-dir/<volume>/...)
+gets its pod by uid; with `host_path_volumes: true`, any other path gets the one pod that mounts a hostPath
+directory holding it writable (`PodCache.host_path_owner`; none when several pods write there).
+
 Sidecar envelopes (see logagent.sidecar) written to a container's stdout are unwrapped here: the original message,
 file name (`sidecar_file`) and fields come back instead of a JSON string inside a CRI line. A line that starts like
 an envelope but is not one stays as it was, flagged `sidecar_envelope_invalid`.
@@ -72,6 +76,7 @@ class KubernetesSettings:
     request_timeout: float
     backoff_initial: float
     backoff_max: float
+    sync_timeout: float
 
 
 class _SharedWatch:
@@ -107,6 +112,7 @@ class KubernetesMetadata(Stage):
             request_timeout=section.duration("request_timeout", 10.0),
             backoff_initial=section.duration("backoff_initial", 0.5),
             backoff_max=section.duration("backoff_max", 30.0),
+            sync_timeout=section.duration("sync_timeout", 5.0),
         )
         if s.api_server is not None and not s.api_server.startswith(("http://", "https://")):
             raise section.error(f"expected an http:// or https:// URL, got {s.api_server!r}", "api_server")
@@ -123,6 +129,7 @@ class KubernetesMetadata(Stage):
         self._shared: _SharedWatch = ctx.service("kubernetes.watch", _SharedWatch)
         # path -> (pod entry it was built from, its version, meta dict or None, excluded)
         self._by_path: dict[str, tuple[PodEntry | None, int, dict[str, Any] | None, bool]] = {}
+        self._host_owner: dict[str, tuple[int, PodEntry | None, str | None]] = {}
         self._dropped = metrics.DROPPED.labels(component=name, reason="excluded")
         self._flagged = metrics.FLAGGED.labels(component=name, flag=SIDECAR_INVALID)
 
@@ -146,6 +153,14 @@ class KubernetesMetadata(Stage):
         self._shared.watcher = PodWatcher(creds, watch, self.cache)
         self._shared.task = asyncio.create_task(self._shared.watcher.run(), name="kubernetes-watch")
         log.info("watching pods", extra={"server": creds.server, "node": node})
+        if s.sync_timeout > 0:
+            # Inputs start after stages: a short, bounded wait for the first list lets the annotations of pods
+            # already running steer the files the tailer opens at once. Past it, the path metadata is used.
+            try:
+                await asyncio.wait_for(self._shared.watcher.synced.wait(), s.sync_timeout)
+            except asyncio.TimeoutError:
+                log.warning("pods not listed yet; starting with path metadata only",
+                            extra={"waited": s.sync_timeout, "error": self._shared.watcher.last_error})
 
     def _credentials(self) -> ApiCredentials | None:
         s = self.settings
@@ -191,9 +206,7 @@ class KubernetesMetadata(Stage):
         if info is not None:
             entry = self._entry_for(info)
         elif self.settings.host_path_volumes:
-            owner = self.cache.host_path_owner(path[len(self.settings.root.rstrip("/")):] if self.settings.root
-                                               else path)
-            entry, volume = owner if owner else (None, None)
+            entry, volume = self._host_path_owner(path)
         else:
             return None, False
         version = entry.version if entry is not None else 0
@@ -218,12 +231,31 @@ class KubernetesMetadata(Stage):
         self._by_path[path] = (entry, version, meta, excluded)
         return meta, excluded
 
+    def _host_path_owner(self, path: str) -> tuple[PodEntry | None, str | None]:
+        """`PodCache.host_path_owner`, remembered per path until the cache changes (it scans every pod)."""
+        gen = self.cache.generation
+        memo = self._host_owner.get(path)
+        if memo is not None and memo[0] == gen:
+            return memo[1], memo[2]
+        root = self.settings.root.rstrip("/")
+        owner = None
+        if not root or path.startswith(root + "/"):
+            owner = self.cache.host_path_owner(path[len(root):])
+        entry, volume = owner if owner else (None, None)
+        if len(self._host_owner) > 20000:
+            self._host_owner.clear()
+        self._host_owner[path] = (gen, entry, volume)
+        return entry, volume
+
     def file_overrides(self, path: str) -> dict[str, Any] | None:
         """Asked by the file tailer when it opens a file: what the pod's annotations say about reading it."""
         info = self.resolver.resolve(path)
-        if info is None:
+        if info is not None:
+            entry = self._entry_for(info)
+        elif self.settings.host_path_volumes:
+            entry = self._host_path_owner(path)[0]
+        else:
             return None
-        entry = self._entry_for(info)
         if entry is None:
             return None
         ann = entry.annotations
@@ -265,7 +297,11 @@ class KubernetesMetadata(Stage):
 
     def _unwrap_sidecar(self, batch: Batch) -> None:
         mark = SIDECAR_MARK
-        hits = [r for r in batch.records if r.get("message", "").startswith(mark)]
+        try:
+            hits = [r for r in batch.records if r["message"].startswith(mark)]
+        except (KeyError, AttributeError, TypeError):
+            # a record without a text message (a structured body parsed upstream): the careful way
+            hits = [r for r in batch.records if isinstance(r.get("message"), str) and r["message"].startswith(mark)]
         if not hits:
             return
         bad = 0

@@ -1,0 +1,115 @@
+"""`logagent cat`: read container log files once, to EOF, through the agent's own line splitter and joiners, and
+print the logical records as JSON lines — for trying the parsers (format, multiline mode) on a real file.
+
+Each record prints `time`, `stream`, `message`, `fragments`, `lines` and, when present, `flags`, `attrs` and the
+JSON body; `--all` adds `offset` and `time_ns`. A file that cannot be read is reported on stderr and skipped;
+the exit status is 1 if any file failed. It never writes anywhere but stdout/stderr and keeps no state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, BinaryIO
+
+import orjson
+
+from logagent.config import ConfigError, Section
+from logagent.inputs.file.reader import LineSplitter
+from logagent.parsers.factory import BODY_PARSERS, FORMATS, MULTILINE, make_joiner, parse_parser_settings
+from logagent.record import Record
+
+_READ = 1 << 20
+_SHOWN = ("time", "stream", "message", "fragments", "lines", "flags", "attrs")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help="log files to read")
+    parser.add_argument("--format", choices=FORMATS, default="auto", help="line format (default: auto)")
+    parser.add_argument("--multiline", choices=MULTILINE, default="none", help="stack trace grouping")
+    parser.add_argument("--multiline-start", metavar="REGEX", help="with --multiline custom: a group starts here")
+    parser.add_argument("--multiline-continue", metavar="REGEX", help="with --multiline custom: joins the group")
+    parser.add_argument("--parser", choices=BODY_PARSERS, default="text", help="json: decode JSON bodies")
+    parser.add_argument("--max-record-bytes", default="1MiB", help="bound on a joined record (default 1MiB)")
+    parser.add_argument("--max-line-bytes", default="256KiB", help="bound on a physical line (default 256KiB)")
+    parser.add_argument("--all", action="store_true", help="also print offset and time_ns")
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    data: dict[str, Any] = {"format": args.format, "multiline": args.multiline, "parser": args.parser,
+                            "max_record_bytes": args.max_record_bytes}
+    if args.multiline_start is not None:
+        data["multiline_start"] = args.multiline_start
+    if args.multiline_continue is not None:
+        data["multiline_continue"] = args.multiline_continue
+    return parse_parser_settings(Section(data, "", "command line"))
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings(args)
+        max_line = Section({"max_line_bytes": args.max_line_bytes}, "", "command line").size("max_line_bytes")
+    except ConfigError as e:
+        print(f"logagent cat: {e}", file=sys.stderr)
+        return 2
+    out = sys.stdout.buffer
+    failed = 0
+    try:
+        for path in args.files:
+            try:
+                cat_file(path, settings, max_line, out, args.all)
+            except BrokenPipeError:
+                raise
+            except OSError as e:
+                failed += 1
+                print(f"logagent cat: {path}: {e.strerror or e}", file=sys.stderr)
+        out.flush()
+    except BrokenPipeError:
+        # the reader (head, less) went away: not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    return 1 if failed else 0
+
+
+def cat_file(path: str, settings: Any, max_line: int, out: BinaryIO, show_all: bool = False) -> int:
+    """Print the records of one file; returns how many. Raises OSError if the file cannot be read."""
+    joiner = make_joiner(settings, path)
+    splitter = LineSplitter(max_line)
+    count = 0
+    with open(path, "rb") as f:
+        end = 0
+        while True:
+            data = f.read(_READ)
+            if not data:
+                break
+            end += len(data)
+            lines, offsets, flags = splitter.feed(data, end, 0.0)
+            if lines:
+                count += _write(out, joiner.feed(lines, offsets, flags), show_all)
+    lines, offsets, flags = splitter.take_partial()
+    if lines:
+        count += _write(out, joiner.feed(lines, offsets, flags), show_all)
+    count += _write(out, joiner.flush(0.0, force=True), show_all)
+    return count
+
+
+def _write(out: BinaryIO, records: list[Record], show_all: bool) -> int:
+    if not records:
+        return 0
+    dumps = orjson.dumps
+    parts = []
+    for rec in records:
+        shown = {k: rec[k] for k in _SHOWN if k in rec}
+        for k, v in rec.items():
+            if k not in shown and k not in ("offset", "time_ns"):
+                shown[k] = v  # JSON body fields (parser json) and anything a future joiner adds
+        if show_all:
+            shown["offset"] = rec["offset"]
+            if "time_ns" in rec:
+                shown["time_ns"] = rec["time_ns"]
+        parts.append(dumps(shown))
+    parts.append(b"")
+    out.write(b"\n".join(parts))
+    return len(records)

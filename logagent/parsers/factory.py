@@ -1,0 +1,131 @@
+"""Parser settings of a file input and the joiner each file gets.
+
+`parse_parser_settings(section)` reads the parser keys of a `file` input (`format`, `multiline*`,
+`max_record_bytes`, `partial_flush`, `parser`, `json_key`) into a frozen `ParserSettings`, compiling regexes once
+so a bad one is a load-time error naming its key. It does not call `section.done()`: the file input does, after
+reading its own keys. `make_joiner(settings, path, overrides)` builds the stack for one file:
+format joiner (raw | cri | docker | auto) -> multiline grouping -> JSON bodies, where pod annotations
+(`overrides`: `multiline`, `parser`) replace the input's choice for that file.
+
+It must never fail on a bad annotation: an unknown value is logged and the input's own settings are used.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from logagent.config import Section
+from logagent.parsers import modes
+from logagent.parsers.base import LineJoiner, RawJoiner
+from logagent.parsers.cri import CriJoiner
+from logagent.parsers.detect import AutoJoiner
+from logagent.parsers.docker import DockerJoiner
+from logagent.parsers.jsonbody import JsonBodyJoiner, JsonBodyParser, JsonBodySettings
+from logagent.parsers.multiline import MultilineJoiner
+
+log = logging.getLogger("logagent.parsers")
+
+FORMATS = ("auto", "cri", "docker", "raw")
+MULTILINE = ("none", "java", "python", "go", "node", "ruby", "custom")
+BODY_PARSERS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class ParserSettings:
+    format: str = "raw"
+    multiline: str = "none"
+    multiline_start: re.Pattern[str] | None = None
+    multiline_continue: re.Pattern[str] | None = None
+    multiline_flush: float = 2.0
+    multiline_max_lines: int = 1000
+    multiline_max_bytes: int = 1 << 20
+    max_record_bytes: int = 1 << 20
+    partial_flush: float = 5.0
+    parser: str = "text"
+    json_key: str = "json"
+
+
+def _regex(section: Section, key: str) -> re.Pattern[str] | None:
+    text = section.str(key, None)
+    if text is None:
+        return None
+    try:
+        return re.compile(text)
+    except re.error as e:
+        raise section.error(f"invalid regular expression {text!r}: {e}", key) from None
+
+
+def parse_parser_settings(section: Section) -> ParserSettings:
+    fmt = section.str("format", "raw", choices=FORMATS)
+    multiline = section.str("multiline", "none", choices=MULTILINE)
+    start = _regex(section, "multiline_start")
+    cont = _regex(section, "multiline_continue")
+    if multiline == "custom" and start is None and cont is None:
+        raise section.error("multiline: custom needs multiline_start and/or multiline_continue", "multiline")
+    if multiline != "custom" and (start is not None or cont is not None):
+        key = "multiline_start" if start is not None else "multiline_continue"
+        raise section.error("is only used with multiline: custom", key)
+    max_record = section.size("max_record_bytes", 1 << 20)
+    if max_record < 64:
+        raise section.error(f"must be at least 64 bytes, got {max_record}", "max_record_bytes")
+    ml_bytes = section.size("multiline_max_bytes", max_record)
+    if ml_bytes < 64:
+        raise section.error(f"must be at least 64 bytes, got {ml_bytes}", "multiline_max_bytes")
+    settings = ParserSettings(
+        format=fmt,
+        multiline=multiline,
+        multiline_start=start,
+        multiline_continue=cont,
+        multiline_flush=section.duration("multiline_flush", 2.0),
+        multiline_max_lines=section.int("multiline_max_lines", 1000, min=1),
+        multiline_max_bytes=min(ml_bytes, max_record),
+        max_record_bytes=max_record,
+        partial_flush=section.duration("partial_flush", 5.0),
+        parser=section.str("parser", "text", choices=BODY_PARSERS),
+        json_key=section.str("json_key", "json"),
+    )
+    return settings
+
+
+def format_joiner(fmt: str, settings: ParserSettings, clock: Callable[[], float] = time.monotonic) -> LineJoiner:
+    if fmt == "cri":
+        return CriJoiner(settings.max_record_bytes, settings.partial_flush, clock)
+    if fmt == "docker":
+        return DockerJoiner(settings.max_record_bytes, settings.partial_flush, clock)
+    if fmt == "auto":
+        return AutoJoiner(lambda detected: format_joiner(detected, settings, clock))
+    return RawJoiner()
+
+
+def make_joiner(settings: ParserSettings, path: str, overrides: Mapping[str, Any] | None = None,
+                clock: Callable[[], float] = time.monotonic) -> LineJoiner:
+    multiline = settings.multiline
+    body = settings.parser
+    if overrides:
+        wanted = overrides.get("multiline")
+        if wanted is not None:
+            if wanted in modes.BUILTIN or wanted == "none":
+                multiline = wanted
+            else:
+                log.warning("ignoring multiline annotation %r (known: none, %s)", wanted, ", ".join(modes.BUILTIN),
+                            extra={"path": path})
+        wanted = overrides.get("parser")
+        if wanted is not None:
+            if wanted in BODY_PARSERS:
+                body = wanted
+            else:
+                log.warning("ignoring parser annotation %r (known: text, json)", wanted, extra={"path": path})
+    joiner = format_joiner(settings.format, settings, clock)
+    if multiline != "none":
+        step = (modes.custom(settings.multiline_start, settings.multiline_continue) if multiline == "custom"
+                else modes.BUILTIN[multiline])
+        joiner = MultilineJoiner(joiner, step, settings.multiline_flush, settings.multiline_max_lines,
+                                 settings.multiline_max_bytes, clock)
+    if body == "json":
+        joiner = JsonBodyJoiner(joiner, JsonBodyParser(JsonBodySettings(target=settings.json_key)))
+    return joiner

@@ -1,0 +1,167 @@
+"""Multiline modes: how a line relates to the group (stack trace, panic dump) open in its stream.
+
+Each mode is a `step(message, stream_state) -> action` function; `MultilineJoiner` applies the action:
+
+    START  the line begins a new group (the open one is emitted first)
+    CONT   the line belongs to the open group (only returned while a group is open)
+    SOLO   the line is a record of its own (the open group is emitted first)
+    HOLD   a blank line that belongs to the open group only if a continuation follows it (Python's blank lines
+           around "During handling of ...", Node's blank line before the error of an uncaught exception)
+
+`state.group` says whether a group is open; `state.mode` is free for the mode (e.g. Python's traceback phase).
+The rules for java, python and go are those of shared/testdata/containers/README.md; node and ruby follow the
+same idea for their runtimes' stack traces. Modes never look at more than the current line and their state.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, Protocol
+
+START, CONT, SOLO, HOLD = 0, 1, 2, 3
+
+
+class StreamState(Protocol):
+    group: Any  # the open group, or None
+    mode: str
+
+
+Step = Callable[[str, StreamState], int]
+
+# A log timestamp at the start of a line: ISO-8601 with T or space (optionally bracketed), logback's HH:mm:ss.SSS,
+# Tomcat's 14-May-2024 09:31:02.114.
+_JAVA_START = re.compile(
+    r"\[?\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d"
+    r"|\d\d:\d\d:\d\d[.,]\d{3}\b"
+    r"|\d\d-[A-Z][a-z]{2}-\d{4} \d\d:\d\d:\d\d"
+    r"|(?:TRACE|DEBUG|INFO|WARN|WARNING|ERROR|FATAL|SEVERE)\s+\[?\d{4}-\d\d-\d\d"
+    r'|Exception in thread "'
+)
+
+
+def java(msg: str, st: StreamState) -> int:
+    if _JAVA_START.match(msg):
+        return START
+    return CONT if st.group is not None else SOLO
+
+
+# Log headers: leading or bracketed timestamp, a level word then a timestamp, `LEVEL:` prefixes (uvicorn's
+# "INFO:     ", logging's default "ERROR:name:"), and the uncaught-exception-in-thread banner.
+_PY_HEADER = re.compile(
+    r"\[?\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d"
+    r"|(?:DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL|FATAL)(?::|\s+\[?\d{4}-\d\d-\d\d)"
+    r"|Exception in thread "
+)
+_PY_TRACEBACK = "Traceback (most recent call last):"
+_PY_CHAIN = re.compile(
+    r"During handling of the above exception, another exception occurred:"
+    r"|The above exception was the direct cause of the following exception:"
+)
+
+
+def python(msg: str, st: StreamState) -> int:
+    open_ = st.group is not None
+    phase = st.mode
+    if not msg or msg.isspace():
+        if open_:
+            if phase == "frames":
+                return CONT
+            return HOLD  # after a header, an exception line or a chaining marker: kept if the trace goes on
+        return SOLO
+    first = msg[0]
+    if first == " " or first == "\t":  # frames, code, carets, exception-group boxes
+        return CONT if open_ else SOLO
+    if msg.startswith(_PY_TRACEBACK):
+        if open_ and phase in ("header", "chain"):
+            st.mode = "frames"
+            return CONT
+        st.mode = "frames"
+        return START
+    if _PY_CHAIN.match(msg):
+        st.mode = "chain"
+        return CONT if open_ and phase in ("closed", "frames") else START
+    if _PY_HEADER.match(msg):
+        st.mode = "header"
+        return START
+    if open_ and phase == "frames":  # `ExceptionType: message` after the frames closes the traceback
+        st.mode = "closed"
+        return CONT
+    return SOLO
+
+
+_GO_START = re.compile(r"panic: |fatal error: |SIG[A-Z]+: |.*?\bhttp2?: panic serving ")
+_GO_GOROUTINE = re.compile(r"goroutine \d+ \[")
+# a new log entry ends a dump: klog, the standard log package's prefix, JSON (zap, slog), ISO time, logfmt
+_GO_ENTRY = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d|\d{4}/\d\d/\d\d \d\d:\d\d:\d\d|\{|\d{4}-\d\d-\d\d[T ]\d\d:\d\d|time=|level=")
+
+
+def go(msg: str, st: StreamState) -> int:
+    if _GO_START.match(msg):
+        return START
+    if _GO_ENTRY.match(msg):
+        return SOLO
+    if st.group is not None:
+        return CONT
+    if _GO_GOROUTINE.match(msg):  # a goroutine dump without a panic line (SIGQUIT, debug.Stack)
+        return START
+    return SOLO
+
+
+# Indented frames ("    at f (file.js:1:2)"), properties of an error object and its closing brace, the
+# "Node.js v20.11.1" footer of a crash.
+_NODE_CONT = re.compile(r"\s|[}\])]|Node\.js v\d")
+# An uncaught exception prints "file:line", the source line, a caret, a blank line, then the error itself.
+_NODE_UNCAUGHT = re.compile(r"(?:/|[A-Za-z]:\\|file://|node:)\S*:\d+$")
+_NODE_ERROR = re.compile(r"(?:[\w$.]*(?:Error|Exception)|Uncaught )")
+
+
+def node(msg: str, st: StreamState) -> int:
+    open_ = st.group is not None
+    if not msg:
+        return HOLD if open_ else SOLO
+    if _NODE_CONT.match(msg):
+        return CONT if open_ else SOLO
+    if open_ and st.mode == "uncaught" and _NODE_ERROR.match(msg):
+        st.mode = "error"
+        return CONT
+    st.mode = "uncaught" if _NODE_UNCAUGHT.match(msg) else ""
+    return START
+
+
+# Unindented backtrace frames as Logger and Rails print them ("app/models/order.rb:12:in `total'", Ruby 3.4's
+# "in 'Order#total'"), and "... 5 levels..." elisions. An uncaught exception's first line is a frame followed by
+# the message, so it does not match and starts a group; its "\tfrom ..." lines are indented.
+_RUBY_FRAME = re.compile(r"\S+?:\d+:in [`'][^`']*'$|\s*\.\.\. \d+ levels\.\.\.$")
+
+
+def ruby(msg: str, st: StreamState) -> int:
+    open_ = st.group is not None
+    if not msg:
+        return HOLD if open_ else SOLO
+    if msg[0] in " \t" or _RUBY_FRAME.match(msg):
+        return CONT if open_ else SOLO
+    return START
+
+
+def custom(start: re.Pattern[str] | None, cont: re.Pattern[str] | None) -> Step:
+    """`multiline_start`: a line matching it begins a group. `multiline_continue`: a line matching it joins the
+    open group. With only start, every other line continues; with only continue, every other line starts."""
+    start_search = start.search if start is not None else None
+    cont_search = cont.search if cont is not None else None
+
+    def step(msg: str, st: StreamState) -> int:
+        if cont_search is not None and st.group is not None and cont_search(msg):
+            return CONT
+        if start_search is None:
+            return START
+        if start_search(msg):
+            return START
+        if cont_search is None and st.group is not None:
+            return CONT
+        return SOLO
+
+    return step
+
+
+BUILTIN: dict[str, Step] = {"java": java, "python": python, "go": go, "node": node, "ruby": ruby}

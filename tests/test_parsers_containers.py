@@ -1,0 +1,73 @@
+"""Every shared container log file reproduces its `*.expected.jsonl` exactly: through `logagent cat` run as a
+program, through the joiners fed the whole file, and fed in many small pieces (as a tailer reads a growing file)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.parsers_support import DATA, by_stream, case_mode, case_names, expected, run_file
+
+CASES = case_names()
+
+
+def test_shared_data_is_present() -> None:
+    assert {"cri_basic", "cri_local_tz", "docker_json", "multiline_java", "multiline_python",
+            "multiline_go_panic"} <= set(CASES)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_logagent_cat_reproduces_expected(name: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "logagent", "cat", "--multiline", case_mode(name), str(DATA / f"{name}.log")],
+        capture_output=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    got = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    assert by_stream(got) == by_stream(expected(name))
+    # nothing flagged; docker's `attrs` is the only extra field
+    assert all(set(r) - {"attrs"} == {"time", "stream", "message", "fragments", "lines"} for r in got)
+    assert len(got) == len(expected(name))
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("fmt", ["auto", "explicit"])
+def test_joiners_reproduce_expected(name: str, fmt: str) -> None:
+    if fmt == "explicit":
+        fmt = "docker" if name.startswith("docker") else "cri"
+    records = run_file(name, fmt)
+    assert by_stream(records) == by_stream(expected(name))
+    assert not [r for r in records if "flags" in r]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_record_offset_is_the_first_physical_line_of_the_record(name: str) -> None:
+    data = (DATA / f"{name}.log").read_bytes()
+    starts = {0} | {i + 1 for i, b in enumerate(data) if b == 0x0A}
+    for rec in run_file(name):
+        assert rec["offset"] in starts
+        line = data[rec["offset"]:data.index(b"\n", rec["offset"])].decode()
+        # the first physical line carries the record's timestamp (CRI: first field; docker: the "time" value)
+        assert line.startswith(rec["time"] + " ") or f'"time":"{rec["time"]}"' in line
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("piece", [1, 7, 64, 333, 4096])
+def test_small_reads_give_the_same_records(name: str, piece: int) -> None:
+    size = (DATA / f"{name}.log").stat().st_size
+    whole = run_file(name)
+    assert run_file(name, cuts=range(piece, size, piece)) == whole
+
+
+@pytest.mark.parametrize("name", CASES)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_chunking_gives_the_same_records(name: str, data: st.DataObject) -> None:
+    size = (DATA / f"{name}.log").stat().st_size
+    cuts = data.draw(st.lists(st.integers(min_value=1, max_value=size - 1), max_size=40))
+    assert run_file(name, cuts=cuts) == run_file(name)
