@@ -89,6 +89,7 @@ class Pipeline:
         self.started = asyncio.Event()
         self._routing = asyncio.Lock()  # held by the router per batch: reload swaps components between batches
         self._ops = _Operations()
+        self.ctx.services["pipeline.inject"] = self.inject
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -104,6 +105,12 @@ class Pipeline:
             self._start_input(comp)
         self.started.set()
         log.info("pipeline started", extra={"inputs": list(self.inputs), "outputs": list(self.outputs)})
+
+    async def inject(self, batch: Batch) -> None:
+        """Batches a stage makes outside `process()` (e.g. kernel incidents closed by their timeout) enter the
+        pipeline here and are routed like input batches, with the same backpressure."""
+        if not self._stopping.is_set():
+            await self.queue.put(batch)
 
     def request_stop(self) -> None:
         self._stopping.set()
