@@ -82,6 +82,7 @@ class FileInput(Input):
         loop = asyncio.get_running_loop()
         self._restore()
         self._scan()
+        self._first_start = False  # `read_from: tail` was for the files already there; later ones start at 0
         self.tracker.set(STARTED_KEY, True)
         self._watch.start(loop)
         for directory, recursive in self.globs.watch_roots():
@@ -335,6 +336,7 @@ class FileInput(Input):
         if tail.orphaned:
             return
         tail.orphaned = True
+        tail.at_eof = False  # read it to its end before its successor under the same name
         if self.by_path.get(tail.path) == tail.key:
             del self.by_path[tail.path]
         metrics.ROTATIONS.labels(input=self.name, kind=why).inc()
@@ -383,13 +385,22 @@ class FileInput(Input):
         """One read (up to `read_buffer`) per file with data, then emit what is complete. Files with more data
         stay dirty for the next round, so one busy file cannot starve the others."""
         limits = self.ctx.config.limits
-        for key in list(self._dirty):
+        # Rotated files first: a name's new file waits until the old one was read to its end, so records of
+        # one source keep their order across a rotation.
+        order = sorted(self._dirty, key=lambda k: not (k in self.tails and self.tails[k].orphaned))
+        unfinished: set[str] | None = None
+        for key in order:
             if self._stopping:
                 return
             tail = self.tails.get(key)
             if tail is None or tail.closed:
                 self._dirty.discard(key)
                 continue
+            if not tail.orphaned:
+                if unfinished is None:
+                    unfinished = {t.path for t in self.tails.values() if t.orphaned and not t.at_eof}
+                if tail.path in unfinished:
+                    continue
             try:
                 size = os.fstat(tail.fd).st_size
                 # one small pread per read: a copytruncate whose new contents already reach past our offset
