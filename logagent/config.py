@@ -395,11 +395,26 @@ def load_yaml(text: str, file: str) -> Any:
         raise ConfigError(f"{file}: {where}invalid YAML: {problem}") from None
 
 
+def _writable_dir(path: str) -> bool:
+    """The directory exists and is writable, or could be created."""
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent
+    return os.access(path, os.W_OK | os.X_OK)
+
+
 def load_config(path: str | None) -> AgentConfig:
     """Load and fully validate a config file (or the embedded default when path is None)."""
     if path is None:
         text = resources.files("logagent").joinpath("default.yaml").read_text()
         file = "<embedded default>"
+        if "LOGAGENT_STATE_DIR" not in os.environ and not _writable_dir("/var/lib/logagent"):
+            # a user without root trying the agent out: keep state in their home instead of failing
+            fallback = os.path.join(os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"),
+                                    "logagent")
+            text = text.replace("${LOGAGENT_STATE_DIR:-/var/lib/logagent}", fallback)
     else:
         try:
             text = Path(path).read_text()
