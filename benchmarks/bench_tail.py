@@ -16,7 +16,7 @@ stop, the run is checked: the output holds exactly the expected number of record
 the file checkpointed at its size (every record acknowledged). A mismatch exits 1.
 
     python benchmarks/bench_tail.py [--lines 2000000] [--format cri|raw|auto] [--multiline java] [--keep]
-                                    [--dir DIR] [--py-spy FILE.svg]
+                                    [--dir DIR] [--py-spy FILE.svg|FILE.txt]
 
 Reference (issue 2): Fluent Bit 5.1 tailing 330 MB of CRI lines (165 B average) with its CRI parser into a file,
 on a 2-core machine: ~45 CPU-s/GB at ~140k lines/s, 48 MB peak RSS.
@@ -201,7 +201,7 @@ def run_agent(work: Path, cfg: Path, out: Path, log_size: int, expected: int, ti
         cpu0 = cpu_seconds(agent.pid)
         if py_spy:
             spy = subprocess.Popen(["py-spy", "record", "--pid", str(agent.pid), "--rate", "200", "--nonblocking",
-                                    "-o", py_spy], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                    "--format", "flamegraph" if py_spy.endswith(".svg") else "raw", "-o", py_spy], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         count = 0
         last_growth = t0
         deadline = t0 + timeout
@@ -252,7 +252,8 @@ def main() -> int:
     ap.add_argument("--dir", help="work directory (default: a new temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep the generated file, output and state")
     ap.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds of data phase")
-    ap.add_argument("--py-spy", metavar="SVG", help="record a py-spy flame graph of the data phase (needs py-spy)")
+    ap.add_argument("--py-spy", metavar="SVG", help="record a py-spy profile of the data phase (needs py-spy): a flame graph "
+                    "for *.svg, else collapsed stacks")
     args = ap.parse_args()
 
     work = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench-tail-"))
