@@ -168,10 +168,16 @@ def write_config(work: Path, log: Path, out: Path, fmt: str, multiline: str | No
     return path
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process, all its threads."""
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # utime, stime (fields 14, 15 of stat)
+
+
+def minor_faults(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        return int(fh.read().rsplit(")", 1)[1].split()[7])  # minflt (field 10 of stat)
 
 
 def memory_kib(pid: int) -> dict[str, int]:
@@ -199,6 +205,7 @@ def run_agent(work: Path, cfg: Path, out: Path, log_size: int, expected: int, ti
             time.sleep(0.005)
         t0 = time.monotonic()
         cpu0 = cpu_seconds(agent.pid)
+        faults0 = minor_faults(agent.pid)
         if py_spy:
             spy = subprocess.Popen(["py-spy", "record", "--pid", str(agent.pid), "--rate", "200", "--nonblocking",
                                     "--format", "flamegraph" if py_spy.endswith(".svg") else "raw", "-o", py_spy], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -218,6 +225,7 @@ def run_agent(work: Path, cfg: Path, out: Path, log_size: int, expected: int, ti
                     raise SystemExit(f"timed out: {count} of {expected} records after {timeout:.0f}s")
                 time.sleep(0.02)
         cpu1 = cpu_seconds(agent.pid)
+        faults = minor_faults(agent.pid) - faults0
         mem = memory_kib(agent.pid)
     finally:
         if spy is not None:
@@ -229,7 +237,8 @@ def run_agent(work: Path, cfg: Path, out: Path, log_size: int, expected: int, ti
         stderr.close()
     if rc != 0:
         raise SystemExit(f"agent exited with {rc} after SIGTERM; see {work / 'agent.stderr'}")
-    return {"elapsed": last_growth - t0, "cpu": cpu1 - cpu0, "cpu_total": cpu1, "startup": t0 - t_spawn,
+    return {"elapsed": last_growth - t0, "cpu": sum(cpu1) - sum(cpu0), "sys": cpu1[1] - cpu0[1],
+            "cpu_total": sum(cpu1), "startup": t0 - t_spawn, "faults": faults,
             "hwm_kib": mem.get("VmHWM", 0), "rss_kib": mem.get("VmRSS", 0), "records": count}
 
 
@@ -282,9 +291,10 @@ def main() -> int:
               f"(agent start-up {r['startup']:.2f}s before)")
         print(f"  lines/s      {args.lines / r['elapsed']:>12,.0f}")
         print(f"  MB/s         {size / 1e6 / r['elapsed']:>12.1f}")
-        print(f"  CPU-s/GB     {r['cpu'] / gb:>12.1f}   (data phase: {r['cpu']:.2f} CPU-s; "
+        print(f"  CPU-s/GB     {r['cpu'] / gb:>12.1f}   (data phase: {r['cpu']:.2f} CPU-s, {r['sys']:.2f} of it system; "
               f"whole run incl. start-up {r['cpu_total'] / gb:.1f})")
-        print(f"  peak RSS     {r['hwm_kib'] / 1024:>12.1f} MB (VmHWM; RSS at the end {r['rss_kib'] / 1024:.1f} MB)")
+        print(f"  peak RSS     {r['hwm_kib'] / 1024:>12.1f} MB (VmHWM; RSS at the end {r['rss_kib'] / 1024:.1f} MB; "
+              f"{r['faults']:,} page faults)")
         ok = r["records"] == expected and offset == size
         if not ok:
             print(f"MISMATCH: {r['records']} records (expected {expected}), checkpoint {offset} (size {size})")

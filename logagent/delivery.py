@@ -40,8 +40,9 @@ import cramjam
 import lz4.block
 
 from logagent import metrics
+from logagent.component import Output
 from logagent.config import Section
-from logagent.record import AckToken
+from logagent.record import AckToken, Batch
 
 log = logging.getLogger("logagent.delivery")
 
@@ -790,3 +791,27 @@ def lookup(record: dict[str, Any], path: tuple[str, ...]) -> Any:
             return None
         cur = cur.get(p)
     return cur
+
+
+class DeliveryOutput(Output):
+    """The output side every HTTP backend shares: a codec turns a batch into keyed parts (`codec.parts(batch)`
+    -> [(key, items, nbytes)]), and the `Delivery` engine ships, retries, dead-letters and acknowledges them.
+    A backend's module only builds `self.codec` and `self.delivery` in its `__init__`."""
+
+    codec: Any
+    delivery: Delivery[Any]
+
+    async def start(self) -> None:
+        await self.delivery.start()
+
+    async def send(self, batch: Batch) -> None:
+        await self.delivery.submit(batch.ack, self.codec.parts(batch))
+
+    async def flush(self) -> None:
+        await self.delivery.flush()
+
+    async def stop(self) -> None:
+        await self.delivery.stop()
+
+    def ready(self) -> bool:
+        return self.delivery.ready()

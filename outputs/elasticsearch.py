@@ -36,9 +36,9 @@ from typing import Any
 
 import orjson
 
-from logagent.component import Output
 from logagent.config import Section
 from logagent.delivery import (
+    DeliveryOutput,
     ITEMS,
     OK,
     REJECT,
@@ -93,6 +93,10 @@ class BulkCodec:
         self._index_cache: dict[Any, bytes] = {}
 
     # -- batch -> items -------------------------------------------------------------------------------------
+    def parts(self, batch: Batch) -> list[tuple[str, list[bytes], int]]:
+        items, nbytes = self.items(batch)
+        return [("", items, nbytes)]
+
     def items(self, batch: Batch) -> tuple[list[bytes], int]:
         meta = batch.meta
         tmpl = self.template
@@ -202,7 +206,7 @@ def _error_text(body: bytes) -> str:
     return body[:300].decode("utf-8", "replace")
 
 
-class ElasticsearchOutput(Output):
+class ElasticsearchOutput(DeliveryOutput):
     type_name = "elasticsearch"
     settings: ElasticsearchSettings
 
@@ -232,19 +236,3 @@ class ElasticsearchOutput(Output):
         super().__init__(name, settings, ctx)
         self.codec = BulkCodec(settings)
         self.delivery: Delivery[bytes] = Delivery(name, settings.http, self.codec, ctx.dead_letter)
-
-    async def start(self) -> None:
-        await self.delivery.start()
-
-    async def send(self, batch: Batch) -> None:
-        items, nbytes = self.codec.items(batch)
-        await self.delivery.submit(batch.ack, [("", items, nbytes)])
-
-    async def flush(self) -> None:
-        await self.delivery.flush()
-
-    async def stop(self) -> None:
-        await self.delivery.stop()
-
-    def ready(self) -> bool:
-        return self.delivery.ready()

@@ -55,9 +55,9 @@ from typing import Any
 import orjson
 
 from logagent import metrics
-from logagent.component import Output
 from logagent.config import Section
 from logagent.delivery import (
+    DeliveryOutput,
     OK,
     REJECT,
     RETRY,
@@ -317,7 +317,7 @@ def _template_map(section: Section, key: str, default: dict[str, str]) -> tuple[
     return tuple(mapping.items())
 
 
-class LokiOutput(Output):
+class LokiOutput(DeliveryOutput):
     type_name = "loki"
     settings: LokiSettings
 
@@ -357,18 +357,3 @@ class LokiOutput(Output):
         if not reason.startswith("loki_400"):
             self.log.error("Loki refused a request for good; records dead-lettered",
                            extra={"output": self.name, "tenant": key, "reason": reason[:300]})
-
-    async def start(self) -> None:
-        await self.delivery.start()
-
-    async def send(self, batch: Batch) -> None:
-        await self.delivery.submit(batch.ack, self.codec.parts(batch))
-
-    async def flush(self) -> None:
-        await self.delivery.flush()
-
-    async def stop(self) -> None:
-        await self.delivery.stop()
-
-    def ready(self) -> bool:
-        return self.delivery.ready()

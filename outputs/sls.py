@@ -57,9 +57,9 @@ from typing import Any
 import orjson
 
 from logagent import metrics
-from logagent.component import Output
 from logagent.config import Section
 from logagent.delivery import (
+    DeliveryOutput,
     OK,
     REJECT,
     RETRY,
@@ -286,7 +286,7 @@ def decode_log(item: bytes) -> dict[str, Any]:
     return out
 
 
-class SlsOutput(Output):
+class SlsOutput(DeliveryOutput):
     type_name = "sls"
     settings: SlsSettings
 
@@ -340,18 +340,3 @@ class SlsOutput(Output):
         else:
             self.log.error("SLS refused a request for good; records dead-lettered",
                            extra={"output": self.name, "reason": reason[:300]})
-
-    async def start(self) -> None:
-        await self.delivery.start()
-
-    async def send(self, batch: Batch) -> None:
-        await self.delivery.submit(batch.ack, self.codec.parts(batch))
-
-    async def flush(self) -> None:
-        await self.delivery.flush()
-
-    async def stop(self) -> None:
-        await self.delivery.stop()
-
-    def ready(self) -> bool:
-        return self.delivery.ready()

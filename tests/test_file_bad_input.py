@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from logagent import metrics
-from tests.filetail import Agent, agent_config, read_output
+from tests.filetail import Agent, agent_config
 
 
 def flagged(flag: str) -> float:

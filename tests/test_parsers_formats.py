@@ -114,7 +114,7 @@ def test_cri_max_record_bytes_cuts_between_pieces_and_loses_nothing() -> None:
 
 
 def test_cri_line_in_no_format_is_flagged_unparsed_not_dropped() -> None:
-    data = cri(f"{T1} stdout F ok", "this is not cri", f"{T2} stdin F wrong stream", f"nonsense stdout F x",
+    data = cri(f"{T1} stdout F ok", "this is not cri", f"{T2} stdin F wrong stream", "nonsense stdout F x",
                f"{T3} stdout F ok2")
     recs = run_chunks(CriJoiner(), data)
     assert [(r["message"], r.get("flags")) for r in recs] == [

@@ -22,7 +22,6 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
 DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0elogproto.proto\x12\x08logproto\x1a\x1fgoogle/protobuf/timestamp.proto\"G\n\x0bPushRequest\x12(\n\x07streams\x18\x01 \x03(\x0b\x32\x17.logproto.StreamAdapter\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\"\x0e\n\x0cPushResponse\"V\n\rStreamAdapter\x12\x0e\n\x06labels\x18\x01 \x01(\t\x12\'\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x16.logproto.EntryAdapter\x12\x0c\n\x04hash\x18\x03 \x01(\x04\"/\n\x10LabelPairAdapter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xaf\x01\n\x0c\x45ntryAdapter\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04line\x18\x02 \x01(\t\x12\x36\n\x12structuredMetadata\x18\x03 \x03(\x0b\x32\x1a.logproto.LabelPairAdapter\x12*\n\x06parsed\x18\x04 \x03(\x0b\x32\x1a.logproto.LabelPairAdapterb\x06proto3')
