@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from logagent.parsers.base import LineJoiner
-from logagent.parsers.modes import CONT, HOLD, SOLO, START, Step
+from logagent.parsers.modes import CONT, HOLD, START, Step
 from logagent.parsers.partials import add_flags, text_bytes
 from logagent.record import Record
 
