@@ -23,9 +23,7 @@ from logagent.pipeline import Pipeline
 from logagent.signatures.kmsgformat import split_capture
 from tests.helpers import async_wait_for
 
-KERNEL_DATA = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "kernel"
-if not KERNEL_DATA.is_dir():
-    KERNEL_DATA = Path("/work/shared/testdata/kernel")
+KERNEL_DATA = Path(__file__).parent / "data" / "kernel"  # a copy of ../shared/testdata/kernel
 
 
 def _labels(name: str) -> dict[int, dict]:

@@ -14,7 +14,7 @@ import pytest
 
 from logagent.signatures.kmsgformat import KmsgRecord, parse_capture
 
-DATA = Path("/work/shared/testdata/kernel")
+DATA = Path(__file__).parent / "data" / "kernel"  # a copy of ../shared/testdata/kernel
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="shared kernel test data not present")
 

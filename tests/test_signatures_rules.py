@@ -16,10 +16,8 @@ from logagent.signatures.incidents import IncidentAssembler
 from logagent.signatures.kmsgformat import KmsgRecord, parse_capture
 from logagent.signatures.rules import RulesError, RuleSet, default_rules, load_rules
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "kernel"
+DATA = Path(__file__).parent / "data" / "kernel"  # a copy of ../shared/testdata/kernel
 REPO = Path(__file__).resolve().parents[1]
-if not DATA.is_dir():
-    DATA = Path("/work/shared/testdata/kernel")
 
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="shared kernel test data not present")
 

@@ -20,7 +20,7 @@ from logagent.signatures.kmsgformat import parse_capture
 from logagent.signatures.stage import SignatureDetector, record_time
 from tests.helpers import async_wait_for
 
-DATA = Path("/work/shared/testdata/kernel")
+DATA = Path(__file__).parent / "data" / "kernel"  # a copy of ../shared/testdata/kernel
 POD_UID = "3c1d8e0f-7a2b-4c5d-9e8f-0a1b2c3d4e5f"
 CID = "5f0e2c7a91d4b3e8" + "a" * 48
 

@@ -33,6 +33,7 @@ from typing import Any
 from logagent import metrics
 from logagent.component import Context, Emit, Input
 from logagent.config import Section
+from logagent.inputs.file.carry import hand_over
 from logagent.inputs.file.checkpoints import STARTED_KEY, StoredPosition, file_key, locate, verify
 from logagent.inputs.file.discovery import FileGlobs
 from logagent.inputs.file.fingerprint import fingerprint_of, matches, read_head
@@ -401,6 +402,8 @@ class FileInput(Input):
                     unfinished = {t.path for t in self.tails.values() if t.orphaned and not t.at_eof}
                 if tail.path in unfinished:
                     continue
+                if not tail.started:
+                    self._carry_over(tail)
             try:
                 size = os.fstat(tail.fd).st_size
                 # one small pread per read: a copytruncate whose new contents already reach past our offset
@@ -420,13 +423,25 @@ class FileInput(Input):
                 continue
             if got == 0 or tail.at_eof:
                 self._dirty.discard(key)
-            if tail.pending and (tail.at_eof or len(tail.pending) >= limits.batch_max_records
-                                 or tail.pending_bytes >= limits.batch_max_bytes):
+            if tail.has_pending and (tail.at_eof or len(tail.pending) >= limits.batch_max_records
+                                     or tail.pending_bytes >= limits.batch_max_bytes):
                 await self._emit_pending(tail)
-            elif not tail.pending and tail.at_eof:
+            elif not tail.has_pending and tail.at_eof:
                 self._advance_unheld(tail)
 
+    def _carry_over(self, tail: Tail) -> None:
+        """A file about to be read for the first time under a rotated file's name reads on into that file's
+        unfinished record (see `carry`): a trace cut by the kubelet's rotation comes out whole."""
+        for pred in list(self.tails.values()):
+            if pred.orphaned and pred.path == tail.path and pred is not tail and hand_over(
+                    pred, tail, lambda: self._joiner(pred.path, self._overrides(pred.path))):
+                log.debug("carrying a record across a rotation", extra={"path": tail.path, "from": pred.real})
+                return
+
     async def _emit_pending(self, tail: Tail) -> None:
+        if tail.carry is not None and tail.carry.predecessor.has_pending:
+            # the rotated file's records first: they began before anything of this file
+            await self._emit_pending(tail.carry.predecessor)
         records, nbytes = tail.take()
         if not records:
             self._advance_unheld(tail)
@@ -464,7 +479,7 @@ class FileInput(Input):
             if tail.closed:
                 continue
             tail.flush_partial(now, self.settings.partial_line_flush)
-            if tail.pending and not (tail.key in self._dirty and not tail.at_eof):
+            if tail.has_pending and not (tail.key in self._dirty and not tail.at_eof):
                 await self._emit_pending(tail)
 
     def _next_flush_due(self, now: float) -> float:
@@ -484,7 +499,7 @@ class FileInput(Input):
         its descriptor closed. Its position stays while the file exists (found again after a restart, it has
         nothing left to read) and goes when the file is deleted and its batches are acknowledged."""
         for tail in [t for t in self.tails.values() if t.orphaned]:
-            if tail.key in self._dirty or now - tail.last_growth < self.settings.rotate_wait:
+            if tail.key in self._dirty or now - tail.last_growth < self.settings.rotate_wait or tail.carrying:
                 continue
             try:
                 st = os.fstat(tail.fd)

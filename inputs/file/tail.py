@@ -46,6 +46,9 @@ class Tail:
     rewritten: bool = False  # first bytes changed: truncated and written past our offset between two looks
     pending: list[Record] = field(default_factory=list)  # records read but not emitted yet
     pending_bytes: int = 0
+    started: bool = False  # bytes read since opened (a successor not started yet may carry a record: `carry`)
+    carry: Any = None  # carry.CarriedJoiner: this file reads on into its rotated predecessor's unfinished record
+    carried_by: Any = None  # carry.CarriedJoiner: a successor holds this file's unfinished record
 
     # -- reading --------------------------------------------------------------------------------------------
     def read(self, limit: int, now: float) -> int:
@@ -54,6 +57,9 @@ class Tail:
         if not data:
             self.at_eof = True
             return 0
+        self.started = True
+        if self.carry is not None:
+            self._settle_carry()
         self.at_eof = len(data) < limit
         self.read_offset += len(data)
         self.last_growth = now
@@ -68,6 +74,8 @@ class Tail:
     def flush_partial(self, now: float, max_age: float, force: bool = False) -> None:
         """A line without its newline for longer than `max_age` (or any, when forced) becomes a record; records
         the joiner held past its own timeouts come out too."""
+        if self.carry is not None:
+            self._settle_carry()
         sp = self.splitter
         if sp.pending and (force or now - sp.pending_since >= max_age):
             lines, offsets, flags = sp.take_partial()
@@ -81,6 +89,26 @@ class Tail:
                 self.pending.extend(records)
             else:
                 self.pending = records
+
+    def _settle_carry(self) -> None:
+        """The carried record is out and nothing else is held: back to the plain joiner (no offset shifting)."""
+        carry = self.carry
+        if carry.settled():
+            if self.joiner is carry:
+                self.joiner = carry.plain()
+            if carry.predecessor.carried_by is carry:
+                carry.predecessor.carried_by = None
+            self.carry = None
+
+    @property
+    def carrying(self) -> bool:
+        """A successor still holds a record of this file."""
+        return self.carried_by is not None and self.carried_by.predecessor_held() is not None
+
+    @property
+    def has_pending(self) -> bool:
+        """Records to emit here or in the rotated file this one carries for (emitted first: `_emit_pending`)."""
+        return bool(self.pending) or (self.carry is not None and self.carry.predecessor.has_pending)
 
     def take(self) -> tuple[list[Record], int]:
         records, nbytes = self.pending, self.pending_bytes
@@ -105,6 +133,10 @@ class Tail:
         held = self.joiner.held_from()
         if held is not None and held < offset:
             offset = held
+        if self.carried_by is not None:
+            held = self.carried_by.predecessor_held()
+            if held is not None and held < offset:
+                offset = held
         return offset
 
     def position(self) -> dict[str, Any]:
