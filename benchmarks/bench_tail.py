@@ -30,6 +30,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -151,7 +152,7 @@ def generate(path: Path, lines: int, multiline: str | None, seed: int = 1) -> tu
 
 # -- the agent ----------------------------------------------------------------------------------------------------
 
-def write_config(work: Path, log: Path, out: Path, fmt: str, multiline: str | None) -> Path:
+def write_config(work: Path, log: Path, out: Path, fmt: str, multiline: str | None, limits: dict[str, int]) -> Path:
     inp = {"type": "file", "name": "bench", "paths": [str(log)], "format": fmt, "read_from": "head"}
     if multiline:
         inp["multiline"] = multiline
@@ -159,6 +160,7 @@ def write_config(work: Path, log: Path, out: Path, fmt: str, multiline: str | No
     cfg = {
         "state_dir": str(work / "state"),
         "log_level": "warning",
+        "limits": limits,
         "http": {"address": "127.0.0.1:0"},
         "inputs": [inp],
         "outputs": [{"type": "file", "name": "out", "path": str(out), "fsync": False}],
@@ -253,58 +255,90 @@ def checkpointed(work: Path, log: Path) -> int | None:
     return None
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--lines", type=int, default=2_000_000, help="physical CRI lines to generate (default 2M ~ 330MB)")
-    ap.add_argument("--format", choices=("cri", "raw", "auto"), default="cri", help="the input's format setting")
-    ap.add_argument("--multiline", choices=("java",), default=None, help="java stack traces, `multiline: java`")
-    ap.add_argument("--dir", help="work directory (default: a new temporary one)")
-    ap.add_argument("--keep", action="store_true", help="keep the generated file, output and state")
-    ap.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds of data phase")
-    ap.add_argument("--py-spy", metavar="SVG", help="record a py-spy profile of the data phase (needs py-spy): a flame graph "
-                    "for *.svg, else collapsed stacks")
-    args = ap.parse_args()
+def generate_once(log: Path, lines: int, multiline: str | None) -> tuple[int, int]:
+    """Generate the file, or reuse one generated with the same parameters in the same directory (--dir)."""
+    params = log.with_suffix(".params")
+    wanted = {"lines": lines, "multiline": multiline, "version": 1}
+    if log.exists() and params.exists():
+        known = json.loads(params.read_text())
+        if {k: known.get(k) for k in wanted} == wanted and known.get("size") == log.stat().st_size:
+            print(f"reusing {lines:,} lines, {known['size'] / 1e6:.1f} MB: {log}", flush=True)
+            return known["size"], known["records"]
+    t = time.monotonic()
+    size, records = generate(log, lines, multiline)
+    params.write_text(json.dumps({**wanted, "size": size, "records": records}))
+    print(f"generated {lines:,} lines, {size / 1e6:.1f} MB ({size / lines:.0f} B/line) "
+          f"in {time.monotonic() - t:.1f}s: {log}", flush=True)
+    return size, records
 
-    work = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench-tail-"))
-    work.mkdir(parents=True, exist_ok=True)
-    log, out = work / "containers" / "web-0_shop_main-0123abcd.log", work / "out.jsonl"
-    log.parent.mkdir(exist_ok=True)
+
+def one_run(args: argparse.Namespace, work: Path, log: Path, size: int, expected: int, limits: dict) -> dict:
+    out = work / "out.jsonl"
     for stale in (out, work / "state"):
         if stale.is_dir():
             shutil.rmtree(stale)
         elif stale.exists():
             stale.unlink()
+    cfg = write_config(work, log, out, args.format, args.multiline, limits)
+    r = run_agent(work, cfg, out, size, expected, args.timeout, args.py_spy)
+    offset = checkpointed(work, log)
+    with open(out, "rb") as fh:  # after the stop: nothing written twice during shutdown either
+        r["records"] = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 22), b""))
+    gb = size / 1e9
+    r.update(lines_s=args.lines / r["elapsed"], mb_s=size / 1e6 / r["elapsed"], cpu_gb=r["cpu"] / gb,
+             rss_mb=r["hwm_kib"] / 1024, ok=r["records"] == expected and offset == size)
+    print(f"  {r['lines_s']:>10,.0f} lines/s {r['mb_s']:>6.1f} MB/s {r['cpu_gb']:>6.1f} CPU-s/GB "
+          f"{r['rss_mb']:>6.1f} MB peak RSS   ({r['elapsed']:.2f}s; {r['cpu']:.2f} CPU-s, {r['sys']:.2f} system; "
+          f"{r['faults']:,} page faults; start-up {r['startup']:.2f}s, whole run {r['cpu_total'] / gb:.1f} CPU-s/GB)",
+          flush=True)
+    if not r["ok"]:
+        print(f"  MISMATCH: {r['records']:,} records (expected {expected:,}), checkpoint {offset} (size {size})")
+    return r
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lines", type=int, default=2_000_000, help="physical CRI lines to generate (default 2M ~ 330MB)")
+    ap.add_argument("--format", choices=("cri", "raw", "auto"), default="cri", help="the input's format setting")
+    ap.add_argument("--multiline", choices=("java",), default=None, help="java stack traces, `multiline: java`")
+    ap.add_argument("--runs", type=int, default=1, help="run the agent this many times; the median is summarised")
+    ap.add_argument("--limit", action="append", default=[], metavar="KEY=VALUE",
+                    help="a `limits` setting for the agent, e.g. queue_batches=8 (repeatable)")
+    ap.add_argument("--dir", help="work directory, kept (the generated file is reused when its parameters match)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary work directory")
+    ap.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds of data phase")
+    ap.add_argument("--py-spy", metavar="FILE", help="record a py-spy profile of the data phase (needs py-spy): a "
+                    "flame graph for *.svg, else collapsed stacks")
+    args = ap.parse_args()
+
+    work = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench-tail-"))
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "containers" / "web-0_shop_main-0123abcd.log"
+    log.parent.mkdir(exist_ok=True)
+    limits: dict[str, int | str] = {}
+    for item in args.limit:
+        key, _, value = item.partition("=")
+        limits[key] = int(value) if value.isdigit() else value
     try:
-        t = time.monotonic()
-        size, logical = generate(log, args.lines, args.multiline)
-        print(f"generated {args.lines:,} lines, {size / 1e6:.1f} MB ({size / args.lines:.0f} B/line) "
-              f"in {time.monotonic() - t:.1f}s: {log}", flush=True)
+        size, logical = generate_once(log, args.lines, args.multiline)
         expected = args.lines if args.format == "raw" else logical
-        cfg = write_config(work, log, out, args.format, args.multiline)
-        r = run_agent(work, cfg, out, size, expected, args.timeout, args.py_spy)
-        offset = checkpointed(work, log)
-        with open(out, "rb") as fh:  # after the stop: nothing written twice during shutdown either
-            r["records"] = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 22), b""))
-        gb = size / 1e9
         mode = args.format + (f" + multiline {args.multiline}" if args.multiline else "")
-        print(f"format {mode}: {r['records']:,} records from {args.lines:,} lines in {r['elapsed']:.2f}s "
-              f"(agent start-up {r['startup']:.2f}s before)")
-        print(f"  lines/s      {args.lines / r['elapsed']:>12,.0f}")
-        print(f"  MB/s         {size / 1e6 / r['elapsed']:>12.1f}")
-        print(f"  CPU-s/GB     {r['cpu'] / gb:>12.1f}   (data phase: {r['cpu']:.2f} CPU-s, {r['sys']:.2f} of it system; "
-              f"whole run incl. start-up {r['cpu_total'] / gb:.1f})")
-        print(f"  peak RSS     {r['hwm_kib'] / 1024:>12.1f} MB (VmHWM; RSS at the end {r['rss_kib'] / 1024:.1f} MB; "
-              f"{r['faults']:,} page faults)")
-        ok = r["records"] == expected and offset == size
-        if not ok:
-            print(f"MISMATCH: {r['records']} records (expected {expected}), checkpoint {offset} (size {size})")
-        else:
-            print(f"  checked: {expected:,} records written, checkpoint at the file's size")
+        print(f"format {mode}: {args.lines:,} lines -> {expected:,} records; file output, fsync off"
+              + (f"; limits {limits}" if limits else ""), flush=True)
+        runs = [one_run(args, work, log, size, expected, limits) for _ in range(args.runs)]
+        if args.runs > 1:
+            def median(key: str) -> float:
+                return float(statistics.median(r[key] for r in runs))
+            print(f"median of {args.runs}: {median('lines_s'):,.0f} lines/s, {median('mb_s'):.1f} MB/s, "
+                  f"{median('cpu_gb'):.1f} CPU-s/GB, {median('rss_mb'):.1f} MB peak RSS")
+        ok = all(r["ok"] for r in runs)
+        if ok:
+            print(f"checked: every run wrote exactly {expected:,} records and checkpointed the file at its size")
         return 0 if ok else 1
     finally:
-        if args.keep:
+        if args.keep or args.dir:
             print(f"kept {work}")
-        elif not args.dir:
+        else:
             shutil.rmtree(work, ignore_errors=True)
 
 

@@ -95,11 +95,16 @@ class Batch:
     ack: AckToken = field(default_factory=noop_token)
     nbytes: int = 0
 
-    def shipped(self) -> Iterator[Record]:
-        """Records as outputs ship them: shared fields merged under each record's own (internal keys left out)."""
+    def shipped_meta(self) -> dict[str, Any]:
+        """The shared fields that are shipped with every record (internal keys left out)."""
         meta = self.meta
         if _INTERNAL_META.intersection(meta):
             meta = {k: v for k, v in meta.items() if k not in _INTERNAL_META}
+        return meta
+
+    def shipped(self) -> Iterator[Record]:
+        """Records as outputs ship them: shared fields merged under each record's own (internal keys left out)."""
+        meta = self.shipped_meta()
         if not meta:
             yield from self.records
             return

@@ -1,8 +1,16 @@
-"""JSON-lines encoding shared by the stdout and file outputs: one batch -> one bytes blob, one write."""
+"""JSON-lines encoding shared by the stdout and file outputs: one batch -> one bytes blob, one write.
+
+Each line is `{**batch.shipped_meta(), **record}` as JSON. The shared fields are encoded once per batch and spliced
+in front of each record's own encoding at the byte level: no merged dict per record, one C-level `map` over the
+records. Whenever the splice could differ from encoding the merged dict (a record key shadows a shared one, an
+empty record, a value orjson needs `default=str` for) the batch is encoded the plain way, so the output never
+depends on which path ran.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import itemgetter
 
 import orjson
 
@@ -16,8 +24,31 @@ class JsonLinesSettings:
     fsync: bool
 
 
+_dumps = orjson.dumps
+_after_brace = itemgetter(slice(1, None))
+_DICT = {dict}
+
+
 def encode_batch(batch: Batch) -> bytes:
     """All records of a batch as JSON lines. `default=str` keeps odd values (bytes, sets) from failing a batch."""
+    records = batch.records
+    if not records:
+        return b""
+    meta = batch.shipped_meta()
+    try:
+        if not meta:
+            return b"\n".join(map(_dumps, records)) + b"\n"
+        # `{"input":..,"path":..,` + `"message":..}` for each record: its encoding without its opening brace
+        if (all(records) and set(map(type, records)) == _DICT
+                and meta.keys().isdisjoint(set().union(*records))):
+            head = _dumps(meta)[:-1] + b","
+            return head + (b"\n" + head).join(map(_after_brace, map(_dumps, records))) + b"\n"
+    except orjson.JSONEncodeError:
+        pass  # a value that only `default=str` encodes: the plain way below
+    return _encode_merged(batch)
+
+
+def _encode_merged(batch: Batch) -> bytes:
     dumps = orjson.dumps
     opts = orjson.OPT_APPEND_NEWLINE
     return b"".join([dumps(r, default=str, option=opts) for r in batch.shipped()])

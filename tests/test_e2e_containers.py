@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 
-from tests.e2e_support import ContainerLog, comparable, cuts_for, followed_tail, node_agent_config
+from logagent.checkpoint import CheckpointStore
+from tests.e2e_support import (
+    ContainerLog,
+    comparable,
+    cuts_for,
+    followed_tail,
+    node_agent_config,
+)
 from tests.filetail import Agent, read_output
 from tests.helpers import async_wait_for
 
@@ -79,36 +86,36 @@ def cri(lines: list[tuple[str, str]], first: int = 0) -> bytes:
 
 
 BEFORE = [
-    ("stdout", "2024-05-14 09:12:04.881  INFO 1 --- [           main] c.s.orders.OrdersApplication             : "
-               "Started OrdersApplication in 6.412 seconds (JVM running for 7.103)"),
-    ("stdout", "2024-05-14 09:12:05.102  INFO 1 --- [nio-8080-exec-3] c.s.orders.web.OrderController           : "
-               "POST /orders customer=4711"),
+    ("stdout", ("2024-05-14 09:12:04.881  INFO 1 --- [           main] c.s.orders.OrdersApplication             : "
+                "Started OrdersApplication in 6.412 seconds (JVM running for 7.103)")),
+    ("stdout", ("2024-05-14 09:12:05.102  INFO 1 --- [nio-8080-exec-3] c.s.orders.web.OrderController           : "
+                "POST /orders customer=4711")),
 ]
 # The trace the kubelet's rotation cuts in two: its header and first frames land in 0.log, the rest in the new one.
 TRACE_HEAD = [
-    ("stdout", "2024-05-14 09:12:05.120 ERROR 1 --- [nio-8080-exec-3] o.a.c.c.C.[.[.[/].[dispatcherServlet]    : "
-               "Servlet.service() for servlet [dispatcherServlet] in context with path [] threw exception"),
+    ("stdout", ("2024-05-14 09:12:05.120 ERROR 1 --- [nio-8080-exec-3] o.a.c.c.C.[.[.[/].[dispatcherServlet]    : "
+                "Servlet.service() for servlet [dispatcherServlet] in context with path [] threw exception")),
     ("stdout", ""),
-    ("stdout", "org.springframework.dao.DataIntegrityViolationException: could not execute statement; "
-               "constraint [orders_customer_fk]"),
-    ("stdout", "\tat org.springframework.orm.jpa.vendor.HibernateJpaDialect.convertHibernateAccessException"
-               "(HibernateJpaDialect.java:276)"),
+    ("stdout", ("org.springframework.dao.DataIntegrityViolationException: could not execute statement; "
+                "constraint [orders_customer_fk]")),
+    ("stdout", ("\tat org.springframework.orm.jpa.vendor.HibernateJpaDialect.convertHibernateAccessException"
+                "(HibernateJpaDialect.java:276)")),
     ("stdout", "\tat org.springframework.orm.jpa.JpaTransactionManager.doCommit(JpaTransactionManager.java:566)"),
 ]
 TRACE_TAIL = [
     ("stdout", "\tat com.shop.orders.service.OrderService.place(OrderService.java:88)"),
     ("stdout", "\tat com.shop.orders.web.OrderController.create(OrderController.java:41)"),
-    ("stdout", "Caused by: org.postgresql.util.PSQLException: ERROR: insert or update on table \"orders\" violates "
-               "foreign key constraint \"orders_customer_fk\""),
+    ("stdout", ("Caused by: org.postgresql.util.PSQLException: ERROR: insert or update on table \"orders\" violates "
+                "foreign key constraint \"orders_customer_fk\"")),
     ("stdout", "\tat org.postgresql.core.v3.QueryExecutorImpl.receiveErrorResponse(QueryExecutorImpl.java:2676)"),
     ("stdout", "\t... 12 common frames omitted"),
 ]
 AFTER = [
     ("stderr", "WARN: slow GC pause 312ms"),
-    ("stdout", "2024-05-14 09:12:05.340  INFO 1 --- [nio-8080-exec-4] c.s.orders.web.OrderController           : "
-               "GET /orders/4711"),
-    ("stdout", "2024-05-14 09:12:05.351  INFO 1 --- [nio-8080-exec-5] c.s.orders.web.OrderController           : "
-               "GET /health"),
+    ("stdout", ("2024-05-14 09:12:05.340  INFO 1 --- [nio-8080-exec-4] c.s.orders.web.OrderController           : "
+                "GET /orders/4711")),
+    ("stdout", ("2024-05-14 09:12:05.351  INFO 1 --- [nio-8080-exec-5] c.s.orders.web.OrderController           : "
+                "GET /health")),
 ]
 
 
@@ -150,6 +157,7 @@ async def test_kubelet_rotation_mid_trace_neither_splits_nor_loses_the_trace(tmp
     assert len(records) == len(want)
     (trace,) = [r for r in records if "DataIntegrityViolationException" in r["message"]]
     assert trace["message"].endswith("\t... 12 common frames omitted")
+    assert trace["offset"] == len(cri(BEFORE))  # where it starts in the rotated file
     assert all(r["kubernetes"] == log.path_meta() and r["path"] == str(log.link) for r in records)
     # each record's offset is in the file its first line was read from: ids stay unique and stable
     assert len({r["offset"] for r in records}) == len(records)
@@ -168,6 +176,14 @@ async def test_restart_while_a_rotated_trace_is_carried_gives_the_same_records(t
         log.write(cri(TRACE_TAIL[:2], first=first_tail))
         await async_wait_for(lambda: held(agent, log), timeout=20, what="the new file's frames read, trace held")
         await agent.wait_messages(len(BEFORE))
+        rotated_key = next(t.key for t in agent.file_input.tails.values() if t.orphaned)
+        new_key = followed_tail(agent.file_input, log.link).key
+    # stopped mid-trace: the stored checkpoints are the rotated file's at the trace's first line, the new file's
+    # at its start
+    store = CheckpointStore(tmp_path / "state", readonly=True)
+    committed = store.load("files")
+    store.close()
+    assert committed[rotated_key]["offset"] == len(cri(BEFORE)) and committed[new_key]["offset"] == 0
     before_restart = read_output(tmp_path / "out.jsonl")
     assert comparable(before_restart) == comparable(want[: len(BEFORE)])
     async with Agent(tmp_path, doc) as agent:
@@ -175,3 +191,27 @@ async def test_restart_while_a_rotated_trace_is_carried_gives_the_same_records(t
         records = await wait_settled(agent, log, len(want))
     assert comparable(records) == comparable(want)
     assert len(records) == len(want)
+    (trace,) = [r for r in records if "DataIntegrityViolationException" in r["message"]]
+    assert trace["offset"] == len(cri(BEFORE))
+
+
+async def test_kubelet_rotation_between_the_pieces_of_a_long_line_joins_them(tmp_path: Path) -> None:
+    """containerd cut a 20,100-byte line at 16 KiB: its `P` piece ends 0.log, its `F` piece begins the new file."""
+    log = ContainerLog(tmp_path / "node").create()
+    long_line = "".join(f"item-{i:05d};" for i in range(1830))[:20100]
+    head = b"2024-05-14T09:12:06.1Z stdout F cache warm-up started\n"
+    piece1 = f"2024-05-14T09:12:06.2Z stdout P {long_line[:16384]}\n".encode()
+    piece2 = f"2024-05-14T09:12:06.2Z stdout F {long_line[16384:]}\n".encode()
+    tail = b"2024-05-14T09:12:06.3Z stdout F cache warm-up done\n"
+    async with Agent(tmp_path, node_agent_config(tmp_path, log)) as agent:
+        log.write(head + piece1)
+        await agent.wait_messages(1)
+        await async_wait_for(lambda: held(agent, log), timeout=20, what="the P piece read and held")
+        log.rotate()
+        log.write(piece2 + tail)
+        records = await wait_settled(agent, log, 3)
+    assert [(r["message"], r["fragments"], r["time"]) for r in records] == [
+        ("cache warm-up started", 1, "2024-05-14T09:12:06.1Z"), (long_line, 2, "2024-05-14T09:12:06.2Z"),
+        ("cache warm-up done", 1, "2024-05-14T09:12:06.3Z")]
+    assert [r["offset"] for r in records] == [0, len(head), len(piece2)]  # each in the file of its first piece
+    assert all("flags" not in r for r in records)

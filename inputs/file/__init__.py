@@ -434,7 +434,7 @@ class FileInput(Input):
         unfinished record (see `carry`): a trace cut by the kubelet's rotation comes out whole."""
         for pred in list(self.tails.values()):
             if pred.orphaned and pred.path == tail.path and pred is not tail and hand_over(
-                    pred, tail, lambda: self._joiner(pred.path, self._overrides(pred.path))):
+                    pred, tail, lambda path=pred.path: self._joiner(path, self._overrides(path))):
                 log.debug("carrying a record across a rotation", extra={"path": tail.path, "from": pred.real})
                 return
 

@@ -3,7 +3,8 @@
 A `Tail` owns an open descriptor, so a file renamed or deleted while being read is drained through it to the
 end. It knows three offsets: `read_offset` (next byte to read), the splitter's `consumed` (bytes returned as
 lines) and the joiner's `held_from` (oldest line of a record not emitted yet). The checkpointable offset is the
-smallest of them that is still pending, so a restart never skips a byte of an unemitted record.
+smallest of them that is still pending, so a restart never skips a byte of an unemitted record. A rotated file
+whose unfinished record its successor carries on (`carry`) also counts the oldest of its lines held there.
 
 This module never decides which files to follow or when to close one: that is `FileInput`'s job.
 """
