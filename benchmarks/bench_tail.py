@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import random
 import shutil
 import signal
@@ -50,8 +51,7 @@ _AGENTS = ["Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Geck
 _JAVA_CLASSES = ["c.e.shop.CheckoutController", "o.s.web.servlet.DispatcherServlet", "c.e.shop.repo.OrderRepository",
                  "c.z.hikari.pool.HikariPool", "o.a.kafka.clients.consumer.KafkaConsumer"]
 _GO_FILES = ["server.go", "handler.go", "reconcile.go", "cache.go", "leaderelection.go"]
-_WORDS = ("order payment user cart item stock shipment invoice retry timeout upstream cache miss hit refresh token "
-          "session backend replica shard queue lag commit rebalance partition offset").split()
+_WORDS = ["order", "payment", "user", "cart", "item", "stock", "shipment", "invoice", "retry", "timeout", "upstream", "cache", "miss", "hit", "refresh", "token", "session", "backend", "replica", "shard", "queue", "lag", "commit", "rebalance", "partition", "offset"]
 
 
 def _message_pool(rng: random.Random, size: int, java_only: bool) -> list[str]:
@@ -192,15 +192,15 @@ def memory_kib(pid: int) -> dict[str, int]:
     return result
 
 
-def run_agent(work: Path, cfg: Path, out: Path, log_size: int, expected: int, timeout: float,
+def run_agent(work: Path, cfg: Path, out: Path, expected: int, timeout: float,
               py_spy: str | None) -> dict[str, float]:
-    stderr = open(work / "agent.stderr", "wb")
-    t_spawn = time.monotonic()
-    agent = subprocess.Popen([sys.executable, "-m", "logagent", "run", "-c", str(cfg)], cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=stderr)
+    with open(work / "agent.stderr", "wb") as stderr:
+        t_spawn = time.monotonic()
+        agent = subprocess.Popen([sys.executable, "-m", "logagent", "run", "-c", str(cfg)], cwd=ROOT,
+                                 stdout=subprocess.DEVNULL, stderr=stderr)
     spy = None
     try:
-        while not out.exists():
+        while not out.exists():  # the file output opens it at start, before the input reads a byte
             if agent.poll() is not None:
                 raise SystemExit(f"agent exited with {agent.returncode} before opening its output; "
                                  f"see {work / 'agent.stderr'}")
@@ -210,7 +210,8 @@ def run_agent(work: Path, cfg: Path, out: Path, log_size: int, expected: int, ti
         faults0 = minor_faults(agent.pid)
         if py_spy:
             spy = subprocess.Popen(["py-spy", "record", "--pid", str(agent.pid), "--rate", "200", "--nonblocking",
-                                    "--format", "flamegraph" if py_spy.endswith(".svg") else "raw", "-o", py_spy], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                    "--format", "flamegraph" if py_spy.endswith(".svg") else "raw", "-o", py_spy],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         count = 0
         last_growth = t0
         deadline = t0 + timeout
@@ -236,7 +237,6 @@ def run_agent(work: Path, cfg: Path, out: Path, log_size: int, expected: int, ti
         if agent.poll() is None:
             agent.send_signal(signal.SIGTERM)
         rc = agent.wait(60)
-        stderr.close()
     if rc != 0:
         raise SystemExit(f"agent exited with {rc} after SIGTERM; see {work / 'agent.stderr'}")
     return {"elapsed": last_growth - t0, "cpu": sum(cpu1) - sum(cpu0), "sys": cpu1[1] - cpu0[1],
@@ -280,7 +280,7 @@ def one_run(args: argparse.Namespace, work: Path, log: Path, size: int, expected
         elif stale.exists():
             stale.unlink()
     cfg = write_config(work, log, out, args.format, args.multiline, limits)
-    r = run_agent(work, cfg, out, size, expected, args.timeout, args.py_spy)
+    r = run_agent(work, cfg, out, expected, args.timeout, args.py_spy)
     offset = checkpointed(work, log)
     with open(out, "rb") as fh:  # after the stop: nothing written twice during shutdown either
         r["records"] = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 22), b""))
@@ -294,6 +294,21 @@ def one_run(args: argparse.Namespace, work: Path, log: Path, size: int, expected
     if not r["ok"]:
         print(f"  MISMATCH: {r['records']:,} records (expected {expected:,}), checkpoint {offset} (size {size})")
     return r
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{model}, {os.cpu_count()} CPUs, {mem:.0f} GiB RAM; Python {platform.python_version()}; "
+            f"{platform.system()} {platform.release()}")
 
 
 def main() -> int:
@@ -320,6 +335,7 @@ def main() -> int:
         key, _, value = item.partition("=")
         limits[key] = int(value) if value.isdigit() else value
     try:
+        print(f"machine: {machine()}", flush=True)
         size, logical = generate_once(log, args.lines, args.multiline)
         expected = args.lines if args.format == "raw" else logical
         mode = args.format + (f" + multiline {args.multiline}" if args.multiline else "")

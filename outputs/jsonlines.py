@@ -36,13 +36,20 @@ def encode_batch(batch: Batch) -> bytes:
         return b""
     meta = batch.shipped_meta()
     try:
+        # The first and last pieces get the blob's start and final newline so that the one `join` is the only
+        # copy of the whole batch (a `head + blob + b"\n"` would copy megabytes twice more).
         if not meta:
-            return b"\n".join(map(_dumps, records)) + b"\n"
+            pieces = list(map(_dumps, records))
+            pieces[-1] += b"\n"
+            return b"\n".join(pieces)
         # `{"input":..,"path":..,` + `"message":..}` for each record: its encoding without its opening brace
         if (all(records) and set(map(type, records)) == _DICT
                 and meta.keys().isdisjoint(set().union(*records))):
             head = _dumps(meta)[:-1] + b","
-            return head + (b"\n" + head).join(map(_after_brace, map(_dumps, records))) + b"\n"
+            pieces = list(map(_after_brace, map(_dumps, records)))
+            pieces[0] = head + pieces[0]
+            pieces[-1] += b"\n"
+            return (b"\n" + head).join(pieces)
     except orjson.JSONEncodeError:
         pass  # a value that only `default=str` encodes: the plain way below
     return _encode_merged(batch)

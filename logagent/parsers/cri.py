@@ -27,6 +27,7 @@ _SECOND = itemgetter(1)
 _THIRD = itemgetter(2)
 _F = {"F"}
 _STREAM_SET = set(STREAMS)
+_STREAM_NAME = {s: s for s in STREAMS}
 _ZS = Z_SECONDS
 
 
@@ -49,8 +50,10 @@ def full_records(parts: list[list[str]], offsets: list[int]) -> list[Record] | N
     nanos = _times(stamps)
     if None in nanos:
         return None
+    # records share the two stream name constants instead of keeping each line's copy alive
     return [
-        {"message": p[3], "offset": o, "time": t, "time_ns": n, "stream": p[1], "fragments": 1, "lines": 1}
+        {"message": p[3], "offset": o, "time": t, "time_ns": n, "stream": _STREAM_NAME[p[1]], "fragments": 1,
+         "lines": 1}
         for p, o, t, n in zip(parts, offsets, stamps, nanos)
     ]
 
