@@ -356,11 +356,11 @@ def parse_config(data: Any, file: str) -> AgentConfig:
     state_dir = top.str("state_dir", "/var/lib/logagent")
     limits_sec = top.section("limits")
     limits = Limits(
-        queue_batches=limits_sec.int("queue_batches", 64, min=1),
-        output_queue_batches=limits_sec.int("output_queue_batches", 16, min=1),
-        output_max_unacked_batches=limits_sec.int("output_max_unacked_batches", 64, min=1),
-        batch_max_records=limits_sec.int("batch_max_records", 8192, min=1),
-        batch_max_bytes=limits_sec.size("batch_max_bytes", 2 * 1024 * 1024),
+        queue_batches=limits_sec.int("queue_batches", 8, min=1),
+        output_queue_batches=limits_sec.int("output_queue_batches", 4, min=1),
+        output_max_unacked_batches=limits_sec.int("output_max_unacked_batches", 16, min=1),
+        batch_max_records=limits_sec.int("batch_max_records", 4096, min=1),
+        batch_max_bytes=limits_sec.size("batch_max_bytes", 1024 * 1024),
     )
     limits_sec.done()
     cfg = AgentConfig(
