@@ -90,6 +90,7 @@ class Pipeline:
         self._routing = asyncio.Lock()  # held by the router per batch: reload swaps components between batches
         self._ops = _Operations()
         self.ctx.services["pipeline.inject"] = self.inject
+        self.ctx.services["stop_agent"] = self.request_stop  # e.g. the stdout output when stdout is gone
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:

@@ -18,17 +18,12 @@ resumes there. This output must never write anything but envelope lines to stdou
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import sys
-from typing import Any, BinaryIO
+from typing import Any
 
 import orjson
 
-from logagent import metrics
-from logagent.component import Context, Output
 from logagent.config import Section
+from logagent.outputs.stdout import StreamOutput
 from logagent.record import Batch
 
 ENVELOPE_KEY = "logagent.sidecar"
@@ -64,7 +59,7 @@ def _as_text(value: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
-class SidecarOutput(Output):
+class SidecarOutput(StreamOutput):
     type_name = "sidecar"
 
     @classmethod
@@ -72,37 +67,5 @@ class SidecarOutput(Output):
         section.done()
         return None
 
-    def __init__(self, name: str, settings: None, ctx: Context, stream: BinaryIO | None = None) -> None:
-        super().__init__(name, settings, ctx)
-        self.stream = stream if stream is not None else sys.stdout.buffer
-        self.broken: str | None = None  # why stdout cannot be written any more
-        self._records = metrics.RECORDS_OUT.labels(output=name)
-        self._bytes = metrics.BYTES_OUT.labels(output=name)
-
-    def _write(self, data: bytes) -> None:
-        self.stream.write(data)
-        self.stream.flush()
-
-    async def send(self, batch: Batch) -> None:
-        if self.broken is not None:
-            return  # not acknowledged: the position stays, the next run of the sidecar reads it again
-        data = encode_envelopes(batch)
-        try:
-            # In a thread: a runtime slow to drain the pipe blocks the write, and the tailer must keep running.
-            await asyncio.to_thread(self._write, data)
-        except (OSError, ValueError) as e:  # EPIPE, EBADF; ValueError: the stream was closed
-            self.broken = f"{type(e).__name__}: {e}"
-            metrics.ERRORS.labels(component=self.name, kind="stdout_closed").inc()
-            self.log.error("stdout cannot be written; stopping without acknowledging", extra={"error": self.broken})
-            stop = self.ctx.services.get("stop_agent")
-            if stop is not None:
-                stop()
-            else:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return
-        self._records.inc(len(batch.records))
-        self._bytes.inc(len(data))
-        batch.ack.done()
-
-    def ready(self) -> bool:
-        return self.broken is None
+    def encode(self, batch: Batch) -> bytes:
+        return encode_envelopes(batch)

@@ -131,7 +131,7 @@ async def test_copytruncate_rewritten_past_the_offset_is_still_seen(tmp_path: Pa
 
 async def test_a_file_deleted_while_being_read_is_drained(tmp_path: Path) -> None:
     log = tmp_path / "big.log"
-    n = 50_000
+    n = 200_000
     write(log, lines("row", 0, n))
     # small batches and one unacknowledged batch at a time: reading is held back by the output
     limits = {"batch_max_records": 500, "output_max_unacked_batches": 1, "queue_batches": 1,
@@ -139,8 +139,11 @@ async def test_a_file_deleted_while_being_read_is_drained(tmp_path: Path) -> Non
     async with Agent(tmp_path, agent_config(tmp_path, [str(tmp_path / "*.log")], limits=limits,
                                             rotate_wait="300ms", read_buffer="64KiB")) as agent:
         await agent.wait_messages(1)
+        # the precondition, checked and acted on in one step of the loop the agent runs in: the tailer has not
+        # read the file to its end when it is deleted
+        tails = list(agent.file_input.tails.values())
+        assert len(tails) == 1 and tails[0].read_offset < log.stat().st_size
         os.unlink(log)
-        assert len(agent.messages()) < n  # the precondition: deleted while still being read
         got = await agent.wait_messages(n, timeout=60)
         await async_wait_for(lambda: not agent.file_input.tails, what="deleted file closed")
         await async_wait_for(lambda: not [k for k in agent.file_input.tracker.committed if k != "_started"],
