@@ -81,6 +81,11 @@ class Stage(Component):
     async def stop(self) -> None:
         """Stop background work."""
 
+    def drain(self) -> list[Batch]:
+        """At shutdown, after the inputs stopped and before the outputs flush: batches the stage still holds
+        (e.g. a kernel report waiting for its last lines), so that they are shipped rather than lost."""
+        return []
+
     @abc.abstractmethod
     def process(self, batch: Batch) -> Iterable[Batch]:
         """Return the batch (changed or not), several batches, or none. A batch that is not returned is

@@ -90,6 +90,7 @@ class Pipeline:
         self._routing = asyncio.Lock()  # held by the router per batch: reload swaps components between batches
         self._ops = _Operations()
         self.ctx.services["pipeline.inject"] = self.inject
+        self._late: list[Batch] = []  # injected while stopping
         self.ctx.services["stop_agent"] = self.request_stop  # e.g. the stdout output when stdout is gone
 
     # -- lifecycle ------------------------------------------------------------------------------------------
@@ -110,8 +111,15 @@ class Pipeline:
     async def inject(self, batch: Batch) -> None:
         """Batches a stage makes outside `process()` (e.g. kernel incidents closed by their timeout) enter the
         pipeline here and are routed like input batches, with the same backpressure."""
-        if not self._stopping.is_set():
-            await self.queue.put(batch)
+        if self._stopping.is_set():
+            # the stop marker may be queued already: the router ships these when it reaches it
+            if self._router_task is not None and self._router_task.done():
+                log.warning("a stage made a batch after the router stopped; it is not shipped",
+                            extra={"tag": batch.tag, "records": len(batch.records)})
+            else:
+                self._late.append(batch)
+            return
+        await self.queue.put(batch)
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -279,9 +287,9 @@ class Pipeline:
             self._stage_cache[tag] = stages
         return stages
 
-    def apply_stages(self, batch: Batch) -> list[Batch]:
+    def apply_stages(self, batch: Batch, first: int = 0) -> list[Batch]:
         batches = [batch]
-        for rs in self.stages:
+        for rs in self.stages[first:]:
             nxt: list[Batch] = []
             for b in batches:
                 if rs not in self._stages_for(b.tag):
@@ -306,12 +314,31 @@ class Pipeline:
             batch = await self.queue.get()
             depth.set(self.queue.qsize())
             if batch is _STOP:
+                async with self._routing:
+                    await self._drain_stages()
                 for ro in self.outputs.values():
                     await ro.queue.put(_STOP)
                 return
             async with self._routing:
                 for b in self.apply_stages(batch):
                     await self.dispatch(b)
+
+    async def _drain_stages(self) -> None:
+        """Shutdown: what stages still hold goes through the stages after them and out, before the outputs flush."""
+        late, self._late = self._late, []
+        for b in late:
+            for out in self.apply_stages(b):
+                await self.dispatch(out)
+        for i, rs in enumerate(self.stages):
+            try:
+                held = rs.stage.drain()
+            except Exception:
+                metrics.ERRORS.labels(component=rs.comp.name, kind="stage_crashed").inc()
+                log.exception("stage failed to drain at shutdown", extra={"stage": rs.comp.name})
+                continue
+            for b in held:
+                for out in self.apply_stages(b, i + 1):
+                    await self.dispatch(out)
 
     async def dispatch(self, batch: Batch) -> None:
         """Hand a batch to every output whose `match` selects its tag.

@@ -135,6 +135,12 @@ class SignatureDetector(Stage):
             self.log.warning("open kernel incidents not delivered at shutdown (no pipeline.inject hook)",
                              extra={"incidents": len(self._held)})
 
+    def drain(self) -> list[Batch]:
+        """Shutdown: every open report goes out as it is, before the outputs flush."""
+        pending = self._held + self.assembler.flush()
+        self._held = []
+        return [self.events_batch(pending)] if pending else []
+
     async def _expire_loop(self) -> None:
         while True:
             # A timer tick, not a wait for a condition: incidents time out on the wall clock.
