@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import yaml
 
@@ -82,10 +82,17 @@ def expand_env(text: str) -> str:
 _MISSING = object()
 
 
+# Section has methods named str, int, float and bool (the typed getters); annotations inside it use these.
+_Str: TypeAlias = str
+_Int: TypeAlias = int
+_Float: TypeAlias = float
+_Bool: TypeAlias = bool
+
+
 class Section:
     """A mapping from the config file with the key path it sits at."""
 
-    def __init__(self, data: Any, path: str, file: str) -> None:
+    def __init__(self, data: Any, path: _Str, file: _Str) -> None:
         self.file = file
         self.path = path
         if data is None:
@@ -96,22 +103,22 @@ class Section:
         self._used: set[str] = set()
 
     # -- errors ---------------------------------------------------------------------------------------------
-    def key_path(self, key: str | int | None = None) -> str:
+    def key_path(self, key: _Str | _Int | None = None) -> _Str:
         if key is None:
             return self.path or "<top>"
         if isinstance(key, int):
             return f"{self.path}[{key}]"
         return f"{self.path}.{key}" if self.path else key
 
-    def error(self, message: str, key: str | int | None = None, here: bool = False) -> ConfigError:
+    def error(self, message: _Str, key: _Str | _Int | None = None, here: _Bool = False) -> ConfigError:
         where = self.key_path(None if here else key)
         return ConfigError(f"{self.file}: {where}: {message}")
 
     # -- access ---------------------------------------------------------------------------------------------
-    def has(self, key: str) -> bool:
+    def has(self, key: _Str) -> _Bool:
         return key in self.data
 
-    def raw(self, key: str, default: Any = _MISSING) -> Any:
+    def raw(self, key: _Str, default: Any = _MISSING) -> Any:
         self._used.add(key)
         if key in self.data and self.data[key] is not None:
             value = self.data[key]
@@ -125,7 +132,7 @@ class Section:
             raise self.error("is required", key)
         return default
 
-    def str(self, key: str, default: Any = _MISSING, choices: tuple[str, ...] | None = None) -> Any:
+    def str(self, key: _Str, default: Any = _MISSING, choices: tuple[_Str, ...] | None = None) -> Any:
         value = self.raw(key, default)
         if value is default and default is not _MISSING:
             return value
@@ -137,7 +144,7 @@ class Section:
             raise self.error(f"expected one of {', '.join(choices)}, got {value!r}", key)
         return value
 
-    def int(self, key: str, default: Any = _MISSING, min: int | None = None, max: int | None = None) -> Any:
+    def int(self, key: _Str, default: Any = _MISSING, min: _Int | None = None, max: _Int | None = None) -> Any:
         value = self.raw(key, default)
         if value is default and default is not _MISSING:
             return value
@@ -152,7 +159,7 @@ class Section:
             raise self.error(f"must be at most {max}, got {value}", key)
         return value
 
-    def float(self, key: str, default: Any = _MISSING, min: float | None = None) -> Any:
+    def float(self, key: _Str, default: Any = _MISSING, min: _Float | None = None) -> Any:
         value = self.raw(key, default)
         if value is default and default is not _MISSING:
             return value
@@ -166,7 +173,7 @@ class Section:
             raise self.error(f"must be at least {min}, got {value}", key)
         return value
 
-    def bool(self, key: str, default: Any = _MISSING) -> Any:
+    def bool(self, key: _Str, default: Any = _MISSING) -> Any:
         value = self.raw(key, default)
         if isinstance(value, bool):
             return value
@@ -174,7 +181,7 @@ class Section:
             return value.lower() in ("true", "yes", "on", "1")
         raise self.error(f"expected true or false, got {_describe(value)}", key)
 
-    def size(self, key: str, default: Any = _MISSING) -> Any:
+    def size(self, key: _Str, default: Any = _MISSING) -> Any:
         value = self.raw(key, default)
         if value is default and default is not _MISSING and not isinstance(default, str):
             return value
@@ -183,7 +190,7 @@ class Section:
         except ValueError:
             raise self.error(f'expected a size like "5MiB", got {_describe(value)}', key) from None
 
-    def duration(self, key: str, default: Any = _MISSING) -> Any:
+    def duration(self, key: _Str, default: Any = _MISSING) -> Any:
         value = self.raw(key, default)
         if value is default and default is not _MISSING and not isinstance(default, str):
             return value
@@ -192,7 +199,7 @@ class Section:
         except ValueError:
             raise self.error(f'expected a duration like "5s" or "250ms", got {_describe(value)}', key) from None
 
-    def str_list(self, key: str, default: Any = _MISSING) -> Any:
+    def str_list(self, key: _Str, default: Any = _MISSING) -> Any:
         value = self.raw(key, default)
         if value is default and default is not _MISSING:
             return value
@@ -208,7 +215,7 @@ class Section:
                 raise self.error(f"environment variable {e.args[0]} is not set", key) from None
         return out
 
-    def str_map(self, key: str, default: Any = _MISSING) -> Any:
+    def str_map(self, key: _Str, default: Any = _MISSING) -> Any:
         value = self.raw(key, default)
         if value is default and default is not _MISSING:
             return value
@@ -216,17 +223,17 @@ class Section:
             raise self.error(f"expected a mapping, got {_describe(value)}", key)
         return {str(k): "" if v is None else str(v) for k, v in value.items()}
 
-    def section(self, key: str, required: bool = False) -> Section:
+    def section(self, key: _Str, required: _Bool = False) -> Section:
         value = self.raw(key, _MISSING if required else None)
         return Section(value, self.key_path(key), self.file)
 
-    def sections(self, key: str) -> list[Section]:
+    def sections(self, key: _Str) -> list[Section]:
         value = self.raw(key, [])
         if not isinstance(value, list):
             raise self.error(f"expected a list, got {_describe(value)}", key)
         return [Section(item, f"{self.key_path(key)}[{i}]", self.file) for i, item in enumerate(value)]
 
-    def secret(self, key: str, default: Any = _MISSING) -> Any:
+    def secret(self, key: _Str, default: Any = _MISSING) -> Any:
         """A secret given inline, as `{env: NAME}` or as `{file: PATH}` (re-read by the caller if it rotates)."""
         value = self.raw(key, default)
         if value is default and default is not _MISSING:
@@ -259,7 +266,7 @@ class Section:
             known = ", ".join(sorted(self._used)) or "none"
             raise self.error(f"unknown key (known keys here: {known})", unknown[0])
 
-    def __iter__(self) -> Iterator[str]:
+    def __iter__(self) -> Iterator[_Str]:
         return iter(self.data)
 
 

@@ -269,10 +269,10 @@ class LokiPush:
              "values": [[str(ts), line, dict(md)] if md else [str(ts), line]
                         for _, ts, line, md in sorted(entries, key=_by_time)]}
             for labels, entries in streams.items()]}
-        body = orjson.dumps(doc)
+        payload = orjson.dumps(doc)
         if self.settings.http.compression == "gzip":
-            body = compress("gzip", body)
-        return Encoded(body, headers, self.url)
+            payload = compress("gzip", payload)
+        return Encoded(payload, headers, self.url)
 
     def interpret(self, key: str, items: list[Item], encoded: Encoded, r: Response) -> Verdict:
         text = r.body[:2000].decode("utf-8", "replace").strip()

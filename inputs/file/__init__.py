@@ -27,7 +27,6 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterable
 from typing import Any
 
 from logagent import metrics
@@ -544,4 +543,4 @@ def _remove_gauge(gauge: Any, input_name: str, path: str) -> None:
         pass
 
 
-__all__: Iterable[str] = ("FileInput",)
+__all__ = ("FileInput",)

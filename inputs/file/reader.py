@@ -122,7 +122,7 @@ class LineSplitter:
             text = complete.decode("utf-8")
         except UnicodeDecodeError:
             raw_lines = complete.split(b"\n")
-            lines = []
+            lines: list[str] = []
             flags = {}
             append = lines.append
             for i, raw in enumerate(raw_lines):

@@ -93,10 +93,10 @@ class Tail:
 
     def _settle_carry(self) -> None:
         """The carried record is out and nothing else is held: back to the plain joiner (no offset shifting)."""
-        carry = self.carry
+        carry: Any = self.carry
         if carry.settled():
             if self.joiner is carry:
-                self.joiner = carry.plain()
+                self.joiner = self.carry.plain()
             if carry.predecessor.carried_by is carry:
                 carry.predecessor.carried_by = None
             self.carry = None

@@ -28,7 +28,7 @@ import yaml
 try:
     import ahocorasick_rs
 except ImportError:  # pragma: no cover - the regex prefilter is the fallback
-    ahocorasick_rs = None
+    ahocorasick_rs = None  # type: ignore[assignment]
 
 CATEGORIES = ("oom", "panic", "lockup", "hung_task", "fs", "network", "driver", "hardware")
 SEVERITIES = {"info": 10, "warning": 20, "error": 30, "critical": 40}
