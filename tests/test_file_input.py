@@ -270,3 +270,26 @@ def _stored_offsets(tmp_path: Path) -> list[int]:
         return [v["offset"] for _, k, v, _ in store.load_all() if k != "_started"]
     finally:
         store._db.close()
+
+
+async def test_positions_of_rotated_files_go_when_rotation_deletes_them(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    write(log, lines("a", 0, 5))
+    doc = agent_config(tmp_path, [str(tmp_path / "*.log")], rotate_wait="200ms")
+    async with Agent(tmp_path, doc) as agent:
+        await agent.wait_messages(5)
+        for n in range(1, 4):
+            os.rename(log, tmp_path / f"app.log.{n}")
+            write(log, lines(f"r{n}", 0, 5), mode="w")
+            await agent.wait_messages(5 + 5 * n)
+        tracker = agent.file_input.tracker
+        await async_wait_for(lambda: not any(t.orphaned for t in agent.file_input.tails.values()),
+                             what="rotated files finished")
+        assert len([k for k in tracker.committed if k != "_started"]) == 4  # kept while the files exist
+        for n in range(1, 4):
+            os.unlink(tmp_path / f"app.log.{n}")
+        live = f"{log.stat().st_dev}:{log.stat().st_ino}"
+        await async_wait_for(lambda: [k for k in tracker.committed if k != "_started"] == [live],
+                             what="positions of deleted rotated files forgotten")
+    assert sorted(agent.messages()) == sorted([f"a {i}" for i in range(5)]
+                                              + [f"r{n} {i}" for n in range(1, 4) for i in range(5)])

@@ -70,6 +70,7 @@ class FileInput(Input):
         self._watch = DirectoryWatch(self._on_changes)
         self._reported: dict[str, str] = {}  # path -> problem already logged (EACCES, directory...)
         self._forget_later: set[str] = set()  # deleted files whose positions go once their batches are acked
+        self._finished: dict[str, str] = {}  # rotated files read to the end and closed -> where they were last seen
         self._first_start = STARTED_KEY not in self.tracker.committed
         self._files_tracked = metrics.FILES_TRACKED.labels(input=name)
         self._lag_paths: set[str] = set()
@@ -367,6 +368,7 @@ class FileInput(Input):
                 self._orphan(tail, "delete")
         self._scan()
         self._update_lag()
+        self._forget_removed()
 
     def _update_lag(self) -> None:
         lag = metrics.FILE_LAG
@@ -513,6 +515,8 @@ class FileInput(Input):
             self._drop(tail)
             if deleted:
                 self._forget_later.add(tail.key)
+            else:
+                self._finished[tail.key] = tail.real
             log.debug("finished rotated file", extra={"path": tail.path, "deleted": deleted})
 
     def _drop(self, tail: Tail) -> None:
@@ -524,6 +528,20 @@ class FileInput(Input):
         if self.by_real.get(tail.real) == tail.key:
             del self.by_real[tail.real]
         self._files_tracked.set(len(self.tails))
+
+    def _forget_removed(self) -> None:
+        """Positions of finished rotated files are kept while the files exist (a restart then finds nothing left to
+        read in them); once rotation deletes them, their positions go, so the store does not grow with every
+        rotation."""
+        for key, path in list(self._finished.items()):
+            try:
+                st = os.stat(path)
+                gone = file_key(st.st_dev, st.st_ino) != key
+            except OSError:
+                gone = True
+            if gone and key not in self.tails:
+                del self._finished[key]
+                self._forget_later.add(key)
 
     def _forget_acknowledged(self) -> None:
         if not self._forget_later:
