@@ -40,10 +40,20 @@ _JAVA_START = re.compile(
 )
 
 
+def json_line(msg: str) -> bool:
+    """A whole JSON object on one line (logstash/ECS/python-json-logger output): the README makes it one record,
+    stack field and all, so it neither joins the trace open before it nor opens one."""
+    return msg[:1] == "{" and msg.rstrip()[-1:] == "}"
+
+
 def java(msg: str, st: StreamState) -> int:
     if _JAVA_START.match(msg):
         return START
-    return CONT if st.group is not None else SOLO
+    if st.group is None:
+        return SOLO
+    if msg[:1] != "{":  # the common continuation, without a call
+        return CONT
+    return SOLO if json_line(msg) else CONT
 
 
 # Log headers: leading or bracketed timestamp, a level word then a timestamp, `LEVEL:` prefixes (uvicorn's
@@ -61,17 +71,21 @@ _PY_CHAIN = re.compile(
 
 
 def python(msg: str, st: StreamState) -> int:
+    # phases: "header" (a log header or "Exception in thread" just began the group), "body" (indented lines after
+    # a header or a chaining marker), "frames" (after a Traceback line), "chain" (a chaining marker), "closed"
+    # (the final `Type: message` line came)
     open_ = st.group is not None
     phase = st.mode
     if not msg or msg.isspace():
-        if open_:
-            if phase == "frames":
-                return CONT
-            return HOLD  # after a header, an exception line or a chaining marker: kept if the trace goes on
-        return SOLO
+        # only the blank lines around a chaining marker belong to the group: kept if the trace goes on
+        return HOLD if open_ else SOLO
     first = msg[0]
     if first == " " or first == "\t":  # frames, code, carets, exception-group boxes
-        return CONT if open_ else SOLO
+        if not open_:
+            return SOLO
+        if phase == "header" or phase == "chain":
+            st.mode = "body"  # a Traceback line no longer directly follows the header / marker
+        return CONT
     if msg.startswith(_PY_TRACEBACK):
         if open_ and phase in ("header", "chain"):
             st.mode = "frames"
@@ -84,13 +98,17 @@ def python(msg: str, st: StreamState) -> int:
     if _PY_HEADER.match(msg):
         st.mode = "header"
         return START
+    if json_line(msg):
+        return SOLO
     if open_ and phase == "frames":  # `ExceptionType: message` after the frames closes the traceback
         st.mode = "closed"
         return CONT
     return SOLO
 
 
-_GO_START = re.compile(r"panic: |fatal error: |SIG[A-Z]+: |.*?\bhttp2?: panic serving ")
+# A recovered panic is reported by net/http ("http: panic serving", "http2: panic serving") and by Kubernetes'
+# HandleCrash / controller-runtime ("Observed a panic"); the goroutine dump follows on the next lines.
+_GO_START = re.compile(r"panic: |fatal error: |SIG[A-Z]+: |.*?\b(?:http2?: panic serving |Observed a panic)")
 _GO_GOROUTINE = re.compile(r"goroutine \d+ \[")
 # a new log entry ends a dump: klog, the standard log package's prefix, JSON (zap, slog), ISO time, logfmt
 _GO_ENTRY = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d|\d{4}/\d\d/\d\d \d\d:\d\d:\d\d|\{|\d{4}-\d\d-\d\d[T ]\d\d:\d\d|time=|level=")
