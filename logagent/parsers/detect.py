@@ -16,7 +16,6 @@ from logagent.parsers.cri import looks_like_cri
 from logagent.parsers.docker import looks_like_docker
 from logagent.record import Record
 
-
 SAMPLE = 16
 
 

@@ -25,7 +25,7 @@ from logagent.record import Record
 
 
 class _Group:
-    __slots__ = ("records", "nbytes", "nlines", "continued")
+    __slots__ = ("continued", "nbytes", "nlines", "records")
 
     def __init__(self, first: Record, continued: bool = False) -> None:
         self.records = [first]
@@ -35,7 +35,7 @@ class _Group:
 
 
 class _Stream:
-    __slots__ = ("group", "mode", "held", "updated")
+    __slots__ = ("group", "held", "mode", "updated")
 
     def __init__(self) -> None:
         self.group: _Group | None = None
