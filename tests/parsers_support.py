@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from logagent.config import Section
-from logagent.inputs.file.reader import LineSplitter
+from logagent.inputs.file.reader import LineSplitter, settle_utf8
 from logagent.parsers.base import LineJoiner
 from logagent.parsers.factory import ParserSettings, make_joiner, parse_parser_settings
 
@@ -49,6 +49,7 @@ def run_chunks(joiner: LineJoiner, data: bytes, cuts: Iterable[int] = (), max_li
     if lines:
         records.extend(joiner.feed(lines, offsets, flags))
     records.extend(joiner.flush(0.0, force=True))
+    settle_utf8(records)  # as the tailer and `logagent cat` do with complete records
     return records
 
 

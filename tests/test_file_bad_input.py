@@ -134,3 +134,20 @@ def test_run_with_a_broken_config_exits_2_naming_file_and_key(tmp_path: Path) ->
     assert f"{cfg}: inputs[0].max_line_bytes" in proc.stderr
     assert "lots" in proc.stderr
 
+
+
+async def test_a_character_cut_between_cri_pieces_is_whole_again(tmp_path: Path) -> None:
+    """containerd cuts long lines at 16 KiB, in bytes: a multibyte character can be split between a P piece and
+    the next one. Joined, the record is valid UTF-8 and carries no flag; a really invalid byte stays flagged."""
+    euro = "€".encode()
+    piece = "x" * 16_382
+    data = (b"2024-05-14T09:12:04.000000001Z stdout P " + piece.encode() + euro[:2] + b"\n"
+            + b"2024-05-14T09:12:04.000000002Z stdout F " + euro[2:] + b" end\n"
+            + b"2024-05-14T09:12:04.000000003Z stdout F bad \xff byte\n")
+    (tmp_path / "c.log").write_bytes(data)
+    async with Agent(tmp_path, agent_config(tmp_path, [str(tmp_path / "*.log")], format="cri")) as agent:
+        await agent.wait_messages(2)
+    records = agent.records()
+    assert records[0]["message"] == piece + "€ end"
+    assert "flags" not in records[0] and records[0]["fragments"] == 2
+    assert records[1]["message"] == "bad \ufffd byte" and records[1]["flags"] == ["invalid_utf8"]

@@ -28,7 +28,7 @@ def test_logagent_cat_reproduces_expected(name: str) -> None:
         capture_output=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr.decode()
-    got = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    got = [json.loads(line) for line in proc.stdout.split(b"\n") if line]
     assert by_stream(got) == by_stream(expected(name))
     # nothing flagged; docker's `attrs` is the only extra field
     assert all(set(r) - {"attrs"} == {"time", "stream", "message", "fragments", "lines"} for r in got)

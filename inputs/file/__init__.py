@@ -36,7 +36,7 @@ from logagent.inputs.file.carry import hand_over
 from logagent.inputs.file.checkpoints import STARTED_KEY, StoredPosition, file_key, locate, verify
 from logagent.inputs.file.discovery import FileGlobs
 from logagent.inputs.file.fingerprint import fingerprint_of, matches, read_head
-from logagent.inputs.file.reader import LineSplitter
+from logagent.inputs.file.reader import LineSplitter, settle_utf8
 from logagent.inputs.file.settings import FileSettings, parse_file_settings, parser_factory
 from logagent.inputs.file.tail import Tail, make_source_id
 from logagent.inputs.file.watch import Changes, DirectoryWatch
@@ -462,9 +462,11 @@ class FileInput(Input):
                 self.tracker.set(tail.key, pos)
 
     def _count_flags(self, records: list[dict[str, Any]]) -> None:
-        flagged = [r["flags"] for r in records if "flags" in r]
+        flagged = [r for r in records if "flags" in r]
         if not flagged:
             return
+        settle_utf8(flagged)
+        flagged = [r["flags"] for r in flagged if "flags" in r]
         counts: dict[str, int] = {}
         for flags in flagged:
             for f in flags:

@@ -14,6 +14,7 @@ flagged.
 from __future__ import annotations
 
 from itertools import accumulate
+from typing import Any
 
 Lines = tuple[list[str], list[int], dict[int, list[str]] | None]
 _EMPTY: Lines = ([], [], None)
@@ -112,7 +113,7 @@ class LineSplitter:
         try:
             return [raw.decode("utf-8")], [off], None
         except UnicodeDecodeError:
-            return [raw.decode("utf-8", errors="replace")], [off], {0: ["invalid_utf8"]}
+            return [raw.decode("utf-8", errors="surrogateescape")], [off], {0: ["invalid_utf8"]}
 
     def _split(self, complete: bytes, base: int) -> Lines:
         """Complete lines (the chunk up to, not including, its last newline)."""
@@ -129,7 +130,9 @@ class LineSplitter:
                 try:
                     append(raw.decode("utf-8"))
                 except UnicodeDecodeError:
-                    append(raw.decode("utf-8", errors="replace"))
+                    # kept as surrogates until the record is complete: a CRI line cut inside a character by the
+                    # runtime is whole again once its pieces are joined (`settle_utf8`)
+                    append(raw.decode("utf-8", errors="surrogateescape"))
                     flags[i] = ["invalid_utf8"]
         else:
             lines = text.split("\n")
@@ -149,3 +152,27 @@ class LineSplitter:
                     lines[i] = text_i
                     flags[i] = ["truncated"] if valid else ["truncated", "invalid_utf8"]
         return lines, offsets, flags
+
+
+def settle_utf8(records: list[dict[str, Any]]) -> None:
+    """Records flagged `invalid_utf8` carry the undecodable bytes as surrogates (see `_split`). Now that they are
+    complete, decode their text again: valid after all (a character cut between two CRI pieces and joined again)
+    loses the flag; otherwise the bad bytes become U+FFFD and the flag stays. Only flagged records are touched."""
+    for rec in records:
+        flags = rec.get("flags")
+        if not flags or "invalid_utf8" not in flags:
+            continue
+        msg = rec.get("message")
+        if not isinstance(msg, str):
+            continue
+        raw = msg.encode("utf-8", errors="surrogateescape")
+        try:
+            rec["message"] = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            rec["message"] = raw.decode("utf-8", errors="replace")
+            continue
+        rest = [f for f in flags if f != "invalid_utf8"]
+        if rest:
+            rec["flags"] = rest
+        else:
+            del rec["flags"]

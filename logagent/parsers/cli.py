@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from logagent.config import ConfigError, Section
-from logagent.inputs.file.reader import LineSplitter
+from logagent.inputs.file.reader import LineSplitter, settle_utf8
 from logagent.parsers.factory import BODY_PARSERS, FORMATS, MULTILINE, make_joiner, parse_parser_settings
 from logagent.record import Record
 
@@ -98,6 +98,7 @@ def cat_file(path: str, settings: Any, max_line: int, out: BinaryIO, show_all: b
 def _write(out: BinaryIO, records: list[Record], show_all: bool) -> int:
     if not records:
         return 0
+    settle_utf8(records)
     dumps = orjson.dumps
     parts = []
     for rec in records:
@@ -111,5 +112,11 @@ def _write(out: BinaryIO, records: list[Record], show_all: bool) -> int:
                 shown["time_ns"] = rec["time_ns"]
         parts.append(dumps(shown))
     parts.append(b"")
-    out.write(b"\n".join(parts))
+    # U+2028/U+2029/U+0085 are valid raw in JSON, but line-splitting readers (Python's splitlines, JavaScript)
+    # break records on them: written escaped, the JSON is the same
+    data = b"\n".join(parts)
+    if b"\xe2\x80\xa8" in data or b"\xe2\x80\xa9" in data or b"\xc2\x85" in data:
+        data = data.replace(b"\xe2\x80\xa8", b"\\u2028").replace(b"\xe2\x80\xa9", b"\\u2029").replace(
+            b"\xc2\x85", b"\\u0085")
+    out.write(data)
     return len(records)
