@@ -13,7 +13,8 @@ from logagent.inputs.file.reader import LineSplitter, settle_utf8
 from logagent.parsers.base import LineJoiner
 from logagent.parsers.factory import ParserSettings, make_joiner, parse_parser_settings
 
-DATA = Path(__file__).parent / "data" / "containers"
+DATA = Path(__file__).parent / "data" / "containers"  # a copy of ../shared/testdata/containers
+VARIANTS = Path(__file__).parent / "data" / "containers_variants"  # more of the same rules, expectations by hand
 EXPECTED_KEYS = ("time", "stream", "message", "fragments", "lines")
 
 
@@ -21,17 +22,30 @@ def settings(**keys: Any) -> ParserSettings:
     return parse_parser_settings(Section(keys, "inputs[0]", "test.yaml"))
 
 
-def case_names() -> list[str]:
-    return sorted(p.name[: -len(".expected.jsonl")] for p in DATA.glob("*.expected.jsonl"))
+def case_names(*dirs: Path) -> list[str]:
+    """Cases as `<dir>/<name>` below tests/data: every `*.expected.jsonl` with its `.log` (held-out files dropped
+    into these directories are picked up as they are)."""
+    return sorted(f"{d.name}/{p.name[: -len('.expected.jsonl')]}"
+                  for d in (dirs or (DATA, VARIANTS)) for p in d.glob("*.expected.jsonl"))
 
 
-def case_mode(name: str) -> str:
+def case_path(case: str, suffix: str = ".log") -> Path:
+    return DATA.parent / f"{case}{suffix}"
+
+
+def case_mode(case: str) -> str:
     """multiline_<mode>[_what].log is grouped with <mode>; every other file is not grouped."""
+    name = case.rsplit("/", 1)[-1]
     return name.split("_")[1] if name.startswith("multiline_") else "none"
 
 
-def expected(name: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (DATA / f"{name}.expected.jsonl").read_text().splitlines() if line]
+def case_format(case: str) -> str:
+    return "docker" if case.rsplit("/", 1)[-1].startswith("docker") else "cri"
+
+
+def expected(case: str) -> list[dict[str, Any]]:
+    # split on "\n" only: str.splitlines() would also split at U+2028/U+2029/U+0085 inside a JSON string
+    return [json.loads(line) for line in case_path(case, ".expected.jsonl").read_bytes().split(b"\n") if line]
 
 
 def run_chunks(joiner: LineJoiner, data: bytes, cuts: Iterable[int] = (), max_line: int = 1 << 20) -> list[dict]:
@@ -53,9 +67,9 @@ def run_chunks(joiner: LineJoiner, data: bytes, cuts: Iterable[int] = (), max_li
     return records
 
 
-def run_file(name: str, fmt: str = "auto", cuts: Iterable[int] = ()) -> list[dict]:
-    joiner = make_joiner(settings(format=fmt, multiline=case_mode(name)), str(DATA / f"{name}.log"))
-    return run_chunks(joiner, (DATA / f"{name}.log").read_bytes(), cuts)
+def run_file(case: str, fmt: str = "auto", cuts: Iterable[int] = ()) -> list[dict]:
+    joiner = make_joiner(settings(format=fmt, multiline=case_mode(case)), str(case_path(case)))
+    return run_chunks(joiner, case_path(case).read_bytes(), cuts)
 
 
 def by_stream(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -1,11 +1,11 @@
-"""Container logs end to end through the real tailer, as on a node: every shared `tests/data/containers/*.log`
+"""Container logs end to end through the real tailer, as on a node: every container case (the shared
+`tests/data/containers/` files and `tests/data/containers_variants/`)
 written into a kubelet-style tree in pieces while the agent runs reproduces its `*.expected.jsonl` with the pod's
 path metadata on every record; a kubelet rotation in the middle of a Java stack trace neither splits nor loses the
 trace; an agent stopped in the middle of a carried trace and started again gives the same records."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +21,9 @@ from tests.e2e_support import (
 )
 from tests.filetail import Agent, read_output
 from tests.helpers import async_wait_for
+from tests.parsers_support import DATA, case_mode, case_names, case_path, expected
 
-DATA = Path(__file__).parent / "data" / "containers"
-CASES = sorted(p.name[: -len(".log")] for p in DATA.glob("*.log"))
-
-
-def mode_of(name: str) -> str:
-    """multiline_<mode>[_what].log is grouped with <mode>; every other file is not grouped."""
-    return name.split("_")[1] if name.startswith("multiline_") else "none"
-
-
-def expected(name: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (DATA / f"{name}.expected.jsonl").read_text().splitlines() if line]
+CASES = case_names()  # the shared files and the variants, as `<dir>/<name>`
 
 
 async def wait_settled(agent: Agent, log: ContainerLog, n: int) -> list[dict[str, Any]]:
@@ -50,16 +41,16 @@ async def wait_settled(agent: Agent, log: ContainerLog, n: int) -> list[dict[str
 
 def test_every_shared_file_is_covered() -> None:
     assert {"cri_basic", "cri_local_tz", "docker_json", "multiline_java", "multiline_python",
-            "multiline_go_panic"} <= set(CASES)
-    assert all((DATA / f"{name}.expected.jsonl").exists() for name in CASES)
+            "multiline_go_panic"} <= {c.rsplit("/", 1)[1] for c in case_names(DATA)}
+    assert all(case_path(c).exists() for c in CASES)
 
 
 @pytest.mark.parametrize("name", CASES)
 async def test_file_written_in_pieces_reproduces_expected_with_path_metadata(name: str, tmp_path: Path) -> None:
-    data = (DATA / f"{name}.log").read_bytes()
+    data = case_path(name).read_bytes()
     want = expected(name)
     log = ContainerLog(tmp_path / "node").create()
-    async with Agent(tmp_path, node_agent_config(tmp_path, log, mode_of(name))) as agent:
+    async with Agent(tmp_path, node_agent_config(tmp_path, log, case_mode(name))) as agent:
         start = 0
         for end in [*cuts_for(data, 7, name), len(data)]:
             log.write(data[start:end])

@@ -13,7 +13,7 @@ import pytest
 from logagent.record import doc_id
 from tests.helpers import async_wait_for
 from tests.receivers.es import BulkReceiver
-from tests.receivers.harness import AckLedger, build_output, dead_letters, make_context, numbered_batches
+from tests.receivers.harness import AckLedger, build_output, dead_letters, make_context, numbered_batches, run_output
 
 FAST_RETRY = {"initial_backoff": "10ms", "max_backoff": "100ms"}
 
@@ -25,23 +25,13 @@ def _settings(url: str, **extra):
     return base
 
 
-async def _run(out, batches) -> None:
-    await out.start()
-    try:
-        for b in batches:
-            await out.send(b)
-        await asyncio.wait_for(out.flush(), 20)
-    finally:
-        await out.stop()
-
-
 async def test_every_record_is_stored_once_with_its_deterministic_id(tmp_path) -> None:
     rec = await BulkReceiver().start()
     ctx = make_context(tmp_path)
     ledger = AckLedger(lambda meta, r: doc_id(meta, r) in rec.docs)
     batches = numbered_batches(ledger, 3, 100, meta={"kubernetes": {"namespace": "shop", "pod": "web-1"}})
     out = build_output("elasticsearch", _settings(rec.url), ctx)
-    await _run(out, batches)
+    await run_output(out, batches)
     await rec.stop()
 
     expected = {doc_id(b.meta, r): r["message"] for b in batches for r in b.records}
@@ -75,7 +65,7 @@ async def test_partial_bulk_failures_retry_429_dead_letter_400_and_accept_409(tm
 
     rec.item_fault = fault
     out = build_output("elasticsearch", _settings(rec.url), ctx)
-    await _run(out, batches)
+    await run_output(out, batches)
     await rec.stop()
 
     all_records = [(b.meta, r) for b in batches for r in b.records]
@@ -102,7 +92,7 @@ async def test_whole_request_429_honours_retry_after_then_503_then_succeeds(tmp_
     ledger = AckLedger(lambda meta, r: doc_id(meta, r) in rec.docs)
     batches = numbered_batches(ledger, 1, 20)
     out = build_output("elasticsearch", _settings(rec.url, batch={"max_records": 100, "max_wait": "20ms"}), ctx)
-    await _run(out, batches)
+    await run_output(out, batches)
     await rec.stop()
 
     assert len(rec.docs) == 20 and rec.requests == 3
@@ -120,7 +110,7 @@ async def test_resets_and_timeouts_are_retried_and_replays_are_not_duplicated(tm
     batches = numbered_batches(ledger, 3, 30)
     out = build_output("elasticsearch", _settings(rec.url, timeout="500ms", max_in_flight=1,
                                                   batch={"max_records": 30, "max_wait": "20ms"}), ctx)
-    await _run(out, batches)
+    await run_output(out, batches)
     await async_wait_for(lambda: len(rec.docs) == 90, timeout=10, what="slow request stored")
     await rec.stop()
 
@@ -138,7 +128,7 @@ async def test_whole_request_client_error_is_dead_lettered_with_the_reason(tmp_p
     ledger = AckLedger(lambda meta, r: False)
     batches = numbered_batches(ledger, 1, 5)
     out = build_output("elasticsearch", _settings(rec.url), ctx)
-    await _run(out, batches)
+    await run_output(out, batches)
     await rec.stop()
     dl = dead_letters(ctx)
     assert [d["record"]["message"] for d in dl] == [f"line {i}" for i in range(5)]
@@ -186,7 +176,7 @@ async def test_basic_auth_password_from_env_is_sent_and_never_in_the_settings_re
     out = build_output("elasticsearch", _settings(rec.url, auth={"user": "shipper", "password": {"env": "ES_PW"}}),
                        ctx)
     assert "s3cret-pw" not in repr(out.settings)
-    await _run(out, numbered_batches(ledger, 1, 3))
+    await run_output(out, numbered_batches(ledger, 1, 3))
     await rec.stop()
     assert rec.auth_headers == {"Basic " + base64.b64encode(b"shipper:s3cret-pw").decode()}
     assert len(rec.docs) == 3
@@ -236,7 +226,7 @@ async def test_https_verifies_the_server_against_the_configured_ca(tmp_path) -> 
     ctx = make_context(tmp_path / "a")
     ledger = AckLedger(lambda meta, r: doc_id(meta, r) in rec.docs)
     out = build_output("elasticsearch", _settings(rec.url, tls={"ca_file": ca}), ctx)
-    await _run(out, numbered_batches(ledger, 1, 5, source_id="file:a"))
+    await run_output(out, numbered_batches(ledger, 1, 5, source_id="file:a"))
     assert len(rec.docs) == 5 and ledger.acked == [0]
 
     # default trust store does not know our CA: verification fails, nothing is sent or acknowledged
@@ -258,6 +248,6 @@ async def test_https_verifies_the_server_against_the_configured_ca(tmp_path) -> 
     ctx_c = make_context(tmp_path / "c")
     ledger_c = AckLedger(lambda meta, r: True)
     out_c = build_output("elasticsearch", _settings(rec.url, tls={"verify": False}), ctx_c)
-    await _run(out_c, numbered_batches(ledger_c, 1, 5, source_id="file:c"))
+    await run_output(out_c, numbered_batches(ledger_c, 1, 5, source_id="file:c"))
     await rec.stop()
     assert len(rec.docs) == 10 and ledger_c.acked == [0]

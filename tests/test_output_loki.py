@@ -8,7 +8,7 @@ import asyncio
 
 from logagent.delivery import rfc3339_ns
 from tests.helpers import async_wait_for
-from tests.receivers.harness import AckLedger, build_output, dead_letters, make_context, numbered_batches
+from tests.receivers.harness import AckLedger, build_output, dead_letters, make_context, numbered_batches, run_output
 from tests.receivers.loki import LokiReceiver
 
 FAST_RETRY = {"initial_backoff": "10ms", "max_backoff": "100ms"}
@@ -23,16 +23,6 @@ def _settings(url: str, **extra):
     base = {"url": url, "batch": {"max_records": 50, "max_wait": "30ms"}, "retry": FAST_RETRY, "timeout": "5s"}
     base.update(extra)
     return base
-
-
-async def _run(out, batches) -> None:
-    await out.start()
-    try:
-        for b in batches:
-            await out.send(b)
-        await asyncio.wait_for(out.flush(), 20)
-    finally:
-        await out.stop()
 
 
 def _stored_index(rec: LokiReceiver) -> dict[tuple[str, int, str], dict]:
@@ -54,7 +44,7 @@ async def test_protobuf_push_labels_metadata_and_time_order(tmp_path) -> None:
     for b in batches:
         b.records.reverse()  # newest first: the output must sort entries per stream
     out = build_output("loki", _settings(rec.url), ctx)
-    await _run(out, batches)
+    await run_output(out, batches)
     await rec.stop()
 
     assert rec.content_types == {"application/x-protobuf"} and rec.unsorted_streams == 0
@@ -78,7 +68,7 @@ async def test_json_encoding_with_gzip(tmp_path) -> None:
     batches = numbered_batches(ledger, 2, 30, meta=kube("api-0", app="api"))
     out = build_output("loki", _settings(rec.url, encoding="json", labels={"app": "{kubernetes.labels.app}"},
                                          structured_metadata={"offset": "{offset}"}), ctx)
-    await _run(out, batches)
+    await run_output(out, batches)
     await rec.stop()
     assert rec.content_types == {"application/json"}
     got = rec.stored("")
@@ -99,7 +89,7 @@ async def test_too_old_entries_are_dead_lettered_one_by_one_with_lokis_reason(tm
                 r["time"] = "2024-04-01T00:00:00Z"  # a month behind: Loki refuses it
     rec = await LokiReceiver(reject_before_ns=rfc3339_ns("2024-05-01T00:00:00Z")).start()
     out = build_output("loki", _settings(rec.url, batch={"max_records": 40, "max_wait": "20ms"}), ctx)
-    await _run(out, batches)
+    await run_output(out, batches)
     await rec.stop()
 
     stored = _stored_index(rec)
@@ -120,7 +110,7 @@ async def test_429_with_retry_after_and_503_are_retried(tmp_path) -> None:
     ctx = make_context(tmp_path)
     ledger = AckLedger(lambda meta, r: len(rec.stored("")) >= 20)
     out = build_output("loki", _settings(rec.url), ctx)
-    await _run(out, numbered_batches(ledger, 1, 20, meta=kube("web-1")))
+    await run_output(out, numbered_batches(ledger, 1, 20, meta=kube("web-1")))
     await rec.stop()
     assert len(_stored_index(rec)) == 20 and rec.requests == 3
     assert rec.request_log[1]["loop_time"] - rec.request_log[0]["loop_time"] >= 0.95
@@ -135,7 +125,7 @@ async def test_resets_and_timeouts_deliver_each_entry_once(tmp_path) -> None:
     batches = numbered_batches(ledger, 3, 30, meta=kube("web-1"))
     out = build_output("loki", _settings(rec.url, timeout="500ms", max_in_flight=1,
                                          batch={"max_records": 30, "max_wait": "20ms"}), ctx)
-    await _run(out, batches)
+    await run_output(out, batches)
     await async_wait_for(lambda: rec.entries_stored == 90, what="slow request stored")
     await rec.stop()
     assert sorted(line for (_, _, line) in _stored_index(rec)) == sorted(r["message"] for b in batches for r in b.records)
@@ -179,7 +169,7 @@ async def test_label_cardinality_guard_moves_new_values_to_structured_metadata(t
     out = build_output("loki", _settings(rec.url, max_label_values=2,
                                          labels={"namespace": "{kubernetes.namespace}", "pod": "{kubernetes.pod}"},
                                          structured_metadata={}), ctx)
-    await _run(out, batches)
+    await run_output(out, batches)
     await rec.stop()
     got = rec.stored("")
     assert len(got) == 20

@@ -12,7 +12,7 @@ import re
 from logagent import metrics
 from logagent.delivery import rfc3339_ns
 from tests.helpers import async_wait_for
-from tests.receivers.harness import AckLedger, build_output, dead_letters, make_context, numbered_batches
+from tests.receivers.harness import AckLedger, build_output, dead_letters, make_context, numbered_batches, run_output
 from tests.receivers.sls import SlsReceiver
 
 FAST_RETRY = {"initial_backoff": "10ms", "max_backoff": "100ms"}
@@ -28,16 +28,6 @@ def _settings(url: str, **extra):
     return base
 
 
-async def _run(out, batches) -> None:
-    await out.start()
-    try:
-        for b in batches:
-            await out.send(b)
-        await asyncio.wait_for(out.flush(), 20)
-    finally:
-        await out.stop()
-
-
 def _receiver(**kw) -> SlsReceiver:
     return SlsReceiver("k8s-prod", ENDPOINT, {"LTAI-test": "test-secret"}, **kw)
 
@@ -50,7 +40,7 @@ async def test_putlogs_is_signed_compressed_and_decoded_with_every_field(tmp_pat
     batches = numbered_batches(ledger, 3, 40, meta={"kubernetes": {"namespace": "shop", "pod": "web-1"}})
     out = build_output("sls", _settings(rec.url, security_token={"env": "STS_TOKEN"}), ctx)
     assert "test-secret" not in repr(out.settings) and "sts-token-1" not in repr(out.settings)
-    await _run(out, batches)
+    await run_output(out, batches)
     await rec.stop()
 
     assert rec.errors == [] and rec.groups >= 3
@@ -79,7 +69,7 @@ async def test_quota_errors_and_5xx_are_retried(tmp_path) -> None:
     ledger = AckLedger(lambda meta, r: len(rec.logs) >= 30)
     out = build_output("sls", _settings(rec.url, max_in_flight=1, batch={"max_records": 30, "max_wait": "10ms"}),
                        ctx)
-    await _run(out, numbered_batches(ledger, 1, 30))
+    await run_output(out, numbered_batches(ledger, 1, 30))
     await rec.stop()
     assert rec.requests == 5 and len(rec.logs) == 30
     assert sorted(l["contents"]["message"] for l in rec.logs) == sorted(f"line {i}" for i in range(30))
@@ -93,7 +83,7 @@ async def test_wrong_secret_is_dead_lettered_loudly_as_an_auth_error(tmp_path, c
     before = metrics.ERRORS.labels(component="out", kind="auth")._value.get()
     out = build_output("sls", _settings(rec.url, access_key_secret="wrong"), ctx)
     with caplog.at_level(logging.ERROR):
-        await _run(out, numbered_batches(ledger, 1, 5))
+        await run_output(out, numbered_batches(ledger, 1, 5))
     await rec.stop()
     assert rec.errors == ["SignatureNotMatch"] and rec.logs == []
     dl = dead_letters(ctx)
@@ -134,7 +124,7 @@ async def test_large_batches_are_cut_to_sls_limits(tmp_path) -> None:
     batches = numbered_batches(ledger, 1, 300, message=lambda i: f"{i:05d} " + "x" * 2000)
     out = build_output("sls", _settings(rec.url, batch={"max_records": 4096, "max_bytes": "128KiB",
                                                         "max_wait": "10ms"}), ctx)
-    await _run(out, batches)
+    await run_output(out, batches)
     await rec.stop()
     assert len(rec.logs) == 300 and rec.groups >= 5
     assert max(rec.raw_sizes) <= 140 * 1024

@@ -1,5 +1,8 @@
-"""Every shared container log file reproduces its `*.expected.jsonl` exactly: through `logagent cat` run as a
-program, through the joiners fed the whole file, and fed in many small pieces (as a tailer reads a growing file)."""
+"""Every container log case reproduces its `*.expected.jsonl` exactly: through `logagent cat` run as a program,
+through the joiners fed the whole file, and fed in many small pieces (as a tailer reads a growing file).
+
+Cases: the shared files (`tests/data/containers/`, a copy of ../shared/testdata/containers) and the variants
+written to the same rules (`tests/data/containers_variants/`)."""
 
 from __future__ import annotations
 
@@ -11,20 +14,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.parsers_support import DATA, by_stream, case_mode, case_names, expected, run_file
+from tests.parsers_support import DATA, by_stream, case_format, case_mode, case_names, case_path, expected, run_file
 
 CASES = case_names()
 
 
 def test_shared_data_is_present() -> None:
     assert {"cri_basic", "cri_local_tz", "docker_json", "multiline_java", "multiline_python",
-            "multiline_go_panic"} <= set(CASES)
+            "multiline_go_panic"} <= {c.rsplit("/", 1)[1] for c in case_names(DATA)}
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_logagent_cat_reproduces_expected(name: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "logagent", "cat", "--multiline", case_mode(name), str(DATA / f"{name}.log")],
+        [sys.executable, "-m", "logagent", "cat", "--multiline", case_mode(name), str(case_path(name))],
         capture_output=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr.decode()
@@ -39,7 +42,7 @@ def test_logagent_cat_reproduces_expected(name: str) -> None:
 @pytest.mark.parametrize("fmt", ["auto", "explicit"])
 def test_joiners_reproduce_expected(name: str, fmt: str) -> None:
     if fmt == "explicit":
-        fmt = "docker" if name.startswith("docker") else "cri"
+        fmt = case_format(name)
     records = run_file(name, fmt)
     assert by_stream(records) == by_stream(expected(name))
     assert not [r for r in records if "flags" in r]
@@ -47,19 +50,20 @@ def test_joiners_reproduce_expected(name: str, fmt: str) -> None:
 
 @pytest.mark.parametrize("name", CASES)
 def test_record_offset_is_the_first_physical_line_of_the_record(name: str) -> None:
-    data = (DATA / f"{name}.log").read_bytes()
+    data = case_path(name).read_bytes()
     starts = {0} | {i + 1 for i, b in enumerate(data) if b == 0x0A}
     for rec in run_file(name):
         assert rec["offset"] in starts
-        line = data[rec["offset"]:data.index(b"\n", rec["offset"])].decode()
+        end = data.find(b"\n", rec["offset"])
+        line = data[rec["offset"]:end if end >= 0 else len(data)].decode()
         # the first physical line carries the record's timestamp (CRI: first field; docker: the "time" value)
         assert line.startswith(rec["time"] + " ") or f'"time":"{rec["time"]}"' in line
 
 
 @pytest.mark.parametrize("name", CASES)
-@pytest.mark.parametrize("piece", [1, 7, 64, 333, 4096])
+@pytest.mark.parametrize("piece", [1, 7, 64, 333, 4096, 16_385])
 def test_small_reads_give_the_same_records(name: str, piece: int) -> None:
-    size = (DATA / f"{name}.log").stat().st_size
+    size = case_path(name).stat().st_size
     whole = run_file(name)
     assert run_file(name, cuts=range(piece, size, piece)) == whole
 
@@ -68,6 +72,8 @@ def test_small_reads_give_the_same_records(name: str, piece: int) -> None:
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_any_chunking_gives_the_same_records(name: str, data: st.DataObject) -> None:
-    size = (DATA / f"{name}.log").stat().st_size
+    size = case_path(name).stat().st_size
     cuts = data.draw(st.lists(st.integers(min_value=1, max_value=size - 1), max_size=40))
-    assert run_file(name, cuts=cuts) == run_file(name)
+    records = run_file(name, cuts=cuts)
+    assert records == run_file(name)
+    assert by_stream(records) == by_stream(expected(name))

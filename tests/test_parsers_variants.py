@@ -1,42 +1,32 @@
 """Variant container logs (tests/data/containers_variants/) written to the rules of shared/testdata/containers/README.md
 with content the shared files do not have: other Java/Python/Go traces and log formats, CRI/docker edge cases.
-Their `*.expected.jsonl` were derived by hand from the README. Each file must come out exactly so through
-`logagent cat` run as a program, through the joiners fed the whole file, and fed in arbitrary pieces."""
+Their `*.expected.jsonl` were derived by hand from the README. `test_parsers_containers` and `test_e2e_containers`
+run them like the shared files (`logagent cat`, the joiners in any chunking, the real tailer); this module checks
+the expectations themselves and the fixes the variants led to."""
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from logagent.parsers.factory import make_joiner
-from tests.parsers_support import by_stream, case_mode, run_chunks
+from tests.parsers_support import VARIANTS, case_names, case_path, run_chunks
+from tests.parsers_support import expected as expected_case
+from tests.parsers_support import run_file as run_case
 from tests.parsers_support import settings as parser_settings
 
-DATA = Path(__file__).parent / "data" / "containers_variants"
-CASES = sorted(p.name[: -len(".expected.jsonl")] for p in DATA.glob("*.expected.jsonl"))
+CASES = case_names(VARIANTS)
 
 
-def expected(name: str) -> list[dict[str, Any]]:
-    # split on "\n" only: str.splitlines() would also split at U+2028/U+2029/U+0085 inside a JSON string
-    return [json.loads(line) for line in (DATA / f"{name}.expected.jsonl").read_bytes().split(b"\n") if line]
+def run_file(name: str, fmt: str = "auto") -> list[dict[str, Any]]:
+    return run_case(f"{VARIANTS.name}/{name}", fmt)
 
 
-def run_file(name: str, fmt: str = "auto", cuts: Any = ()) -> list[dict[str, Any]]:
-    joiner = make_joiner(parser_settings(format=fmt, multiline=case_mode(name)), str(DATA / f"{name}.log"))
-    return run_chunks(joiner, (DATA / f"{name}.log").read_bytes(), cuts)
-
-
-def physical_lines(name: str) -> list[bytes]:
-    data = (DATA / f"{name}.log").read_bytes()
+def physical_lines(case: str) -> list[bytes]:
+    data = case_path(case).read_bytes()
     lines = data.split(b"\n")
     return lines[:-1] if lines[-1] == b"" else lines
 
@@ -44,44 +34,20 @@ def physical_lines(name: str) -> list[bytes]:
 def test_variant_files_are_present() -> None:
     assert {"cri_partials", "cri_ist_offset", "cri_dst_offsets", "docker_splits", "multiline_java_suppressed",
             "multiline_java_log4j", "multiline_python_gunicorn", "multiline_python_asyncio", "multiline_go_fatal",
-            "multiline_go_httppanic"} <= set(CASES)
-    for name in CASES:
-        assert (DATA / f"{name}.log").is_file()
+            "multiline_go_httppanic"} <= {c.rsplit("/", 1)[1] for c in CASES}
+    for case in CASES:
+        assert case_path(case).is_file()
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_expected_files_are_consistent_with_their_logs(name: str) -> None:
     """The hand-written expectations account for every physical line once, and `lines` counts the message."""
-    recs = expected(name)
+    recs = expected_case(name)
     assert sum(r["fragments"] for r in recs) == len(physical_lines(name))
     for r in recs:
         assert r["lines"] == r["message"].count("\n") + 1
         assert r["fragments"] >= r["lines"]
         assert r["stream"] in ("stdout", "stderr")
-
-
-@pytest.mark.parametrize("name", CASES)
-def test_logagent_cat_reproduces_expected(name: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "logagent", "cat", "--multiline", case_mode(name), str(DATA / f"{name}.log")],
-        capture_output=True, timeout=60, check=False,
-    )
-    assert proc.returncode == 0, proc.stderr.decode()
-    got = [json.loads(line) for line in proc.stdout.split(b"\n") if line]
-    assert by_stream(got) == by_stream(expected(name))
-    assert len(got) == len(expected(name))
-    # nothing flagged; docker's `attrs` is the only extra field
-    assert all(set(r) - {"attrs"} == {"time", "stream", "message", "fragments", "lines"} for r in got)
-
-
-@pytest.mark.parametrize("name", CASES)
-@pytest.mark.parametrize("fmt", ["auto", "explicit"])
-def test_joiners_reproduce_expected(name: str, fmt: str) -> None:
-    if fmt == "explicit":
-        fmt = "docker" if name.startswith("docker") else "cri"
-    records = run_file(name, fmt)
-    assert by_stream(records) == by_stream(expected(name))
-    assert not [r for r in records if "flags" in r]
 
 
 _RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)\Z")
@@ -99,9 +65,9 @@ def utc_ns(ts: str) -> int:
 
 @pytest.mark.parametrize("name", CASES)
 def test_records_start_at_their_first_physical_line_and_keep_its_time(name: str) -> None:
-    data = (DATA / f"{name}.log").read_bytes()
+    data = case_path(name).read_bytes()
     starts = {0} | {i + 1 for i, b in enumerate(data) if b == 0x0A}
-    for rec in run_file(name):
+    for rec in run_case(name):
         assert rec["offset"] in starts
         end = data.find(b"\n", rec["offset"])
         line = data[rec["offset"]:end if end >= 0 else len(data)].decode()
@@ -114,23 +80,6 @@ def test_offsets_across_a_dst_switch_and_half_hour_zones_convert_to_utc() -> Non
     # 01:59:59.999999999-08:00 and 03:00:00-07:00 are one nanosecond apart in UTC
     assert times["2024-03-10T03:00:00.000001-07:00"] - times["2024-03-10T01:59:59.999999999-08:00"] == 1_001
     assert times["2024-05-14T15:30:00+05:30"] == utc_ns("2024-05-14T10:00:00Z")
-
-
-@pytest.mark.parametrize("name", CASES)
-@pytest.mark.parametrize("piece", [1, 13, 500, 16_385])
-def test_small_reads_give_the_same_records(name: str, piece: int) -> None:
-    size = (DATA / f"{name}.log").stat().st_size
-    assert run_file(name, cuts=range(piece, size, piece)) == run_file(name)
-
-
-@pytest.mark.parametrize("name", CASES)
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.data())
-def test_any_chunking_gives_the_expected_records(name: str, data: st.DataObject) -> None:
-    size = (DATA / f"{name}.log").stat().st_size
-    cuts = data.draw(st.lists(st.integers(min_value=1, max_value=size - 1), max_size=40))
-    records = run_file(name, cuts=cuts)
-    assert by_stream(records) == by_stream(expected(name))
 
 
 def run_bytes(data: bytes, fmt: str = "auto") -> list[dict[str, Any]]:

@@ -7,6 +7,8 @@ Nothing here fakes a backend: outputs talk HTTP to the receivers in this package
 
 from __future__ import annotations
 
+import asyncio
+
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -87,3 +89,14 @@ def numbered_batches(ledger: AckLedger, batches: int, per_batch: int, *, source_
         ref.append(b)
         out.append(b)
     return out
+
+
+async def run_output(out: Output, batches: list[Batch]) -> None:
+    """Start an output, send it the batches, wait for it to flush (bounded), stop it."""
+    await out.start()
+    try:
+        for b in batches:
+            await out.send(b)
+        await asyncio.wait_for(out.flush(), 20)
+    finally:
+        await out.stop()
