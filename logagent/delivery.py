@@ -154,6 +154,8 @@ def parse_http_settings(
     t.done()
     if tls.key_file and not tls.cert_file:
         raise t.error("key_file needs cert_file", "key_file")
+    if tls.ca_file or tls.cert_file:
+        _check_tls_files(t, tls)
     auth = _parse_auth(section.section("auth"))
     headers = tuple(section.str_map("headers", {}).items())
     max_in_flight = section.int("max_in_flight", 4, min=1)
@@ -177,15 +179,60 @@ def _parse_auth(a: Section) -> AuthSettings:
     if len(kinds) > 1:
         raise a.error("give one of user/password, bearer_token or api_key", here=True)
     if a.has("user"):
-        auth = AuthSettings("basic", user=a.str("user"), password=a.secret("password", ""))
+        user = a.str("user")
+        if ":" in user:  # RFC 7617: the first colon ends the user-id, the server would read another user
+            raise a.error("a user name for basic auth cannot contain ':'", "user")
+        auth = AuthSettings("basic", user=user, password=a.secret("password", ""))
     elif a.has("bearer_token"):
-        auth = AuthSettings("bearer", token=a.secret("bearer_token"))
+        auth = AuthSettings("bearer", token=_header_token(a, "bearer_token"))
     elif a.has("api_key"):
-        auth = AuthSettings("api_key", token=a.secret("api_key"))
+        auth = AuthSettings("api_key", token=_header_token(a, "api_key"))
     else:
         auth = AuthSettings("none")
     a.done()
     return auth
+
+
+def _header_token(a: Section, key: str) -> str:
+    """A token goes into the Authorization header as written. A line break in it (a secret file holding two lines)
+    makes aiohttp refuse every request before sending, so it is refused here, naming the key, never the value."""
+    token = a.secret(key)
+    if not token or any(ord(c) < 0x20 or ord(c) == 0x7F for c in token):
+        raise a.error("must be a single line of printable characters, and not empty", key)
+    return token
+
+
+def _check_tls_files(t: Section, tls: TlsSettings) -> None:
+    """Load the CA and the client certificate once at load time, so that a wrong path, a file that is not PEM, a key
+    that does not match its certificate or a passphrase-protected key is a config error naming the key (and
+    `logagent check` sees it) — not an OSError without a file name when the output starts, nor a passphrase
+    prompt on a terminal a daemon does not have."""
+    for key in ("ca_file", "cert_file", "key_file"):
+        path = getattr(tls, key)
+        if path is not None:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as e:
+                raise t.error(f"cannot read {path}: {e.strerror}", key) from None
+    if tls.ca_file:
+        try:
+            ssl.create_default_context(cafile=tls.ca_file)
+        except ssl.SSLError as e:
+            raise t.error(f"no usable CA certificate in {tls.ca_file} ({e.reason or e})", "ca_file") from None
+
+    def no_passphrase() -> bytes:
+        raise ValueError("passphrase-protected")
+
+    if tls.cert_file:
+        try:
+            ssl.create_default_context().load_cert_chain(tls.cert_file, tls.key_file, password=no_passphrase)
+        except ValueError:
+            raise t.error("the client key is passphrase-protected; give an unencrypted key (mounted as a secret)",
+                          "key_file" if tls.key_file else "cert_file") from None
+        except ssl.SSLError as e:
+            raise t.error(f"cannot use {tls.cert_file} with the key in {tls.key_file or tls.cert_file} "
+                          f"({e.reason or e})", "cert_file") from None
 
 
 def ssl_context(tls: TlsSettings) -> ssl.SSLContext:
@@ -649,6 +696,11 @@ class Delivery(Generic[Item]):
         if v.kind == RETRY:
             return req
         if v.kind == REJECT:
+            if self.on_permanent is None:
+                # An output with its own hook logs there; without one (Elasticsearch), a whole request refused
+                # for good (401 bad credentials, 403, 404) would send every record to the dead-letter file silently.
+                self.log.error("backend refused a request for good; records dead-lettered", extra={
+                    "output": self.output, "key": req.key, "records": len(req.items), "reason": v.reason[:300]})
             await self._reject_all(req, v.reason)
             return None
         # per item
