@@ -678,6 +678,12 @@ class Delivery(Generic[Item]):
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             metrics.ERRORS.labels(component=self.output, kind="transport").inc()
             return Verdict(RETRY, reason=f"transport: {type(e).__name__}: {e}")
+        except Exception as e:
+            # Anything else the client raises (a header it refuses, a bug) must not end the lane's task and
+            # strand its records: retried with backoff, and loud, so an operator sees why nothing moves.
+            metrics.ERRORS.labels(component=self.output, kind="request_failed").inc()
+            self.log.exception("request could not be sent; retrying", extra={"output": self.output})
+            return Verdict(RETRY, reason=f"request failed: {type(e).__name__}")
         self._bytes_out.inc(len(encoded.body))
         try:
             return self.codec.interpret(req.key, req.items, encoded, response)
