@@ -27,6 +27,7 @@ import base64
 import calendar
 import email.utils
 import logging
+import os
 import random
 import ssl
 import time
@@ -82,16 +83,64 @@ class AuthSettings:
     user: str | None = None
     password: str | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
+    # a token given as {file: PATH} is read again when the file changes (a projected, rotating token)
+    token_file: RotatingSecret | None = field(default=None, repr=False, compare=False)
 
     def header(self) -> str | None:
         if self.kind == "basic":
             raw = f"{self.user}:{self.password or ''}".encode()
             return "Basic " + base64.b64encode(raw).decode()
+        token = self.token_file.current() if self.token_file is not None else self.token
         if self.kind == "bearer":
-            return f"Bearer {self.token}"
+            return f"Bearer {token}"
         if self.kind == "api_key":
-            return f"ApiKey {self.token}"
+            return f"ApiKey {token}"
         return None
+
+
+class RotatingSecret:
+    """A token file that rotates (e.g. a projected service-account token): read again when its mtime or size
+    changes, looked at no more than once a second. A new content that is not a usable token is ignored (the last
+    good one stays) and reported without its value."""
+
+    check_interval = 1.0  # seconds between two looks at the file
+
+    def __init__(self, path: str, value: str) -> None:
+        self.path = path
+        self.value = value
+        self._checked = time.monotonic()
+        self._stamp = self._stat()
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def current(self) -> str:
+        now = time.monotonic()
+        if now - self._checked < self.check_interval:
+            return self.value
+        self._checked = now
+        stamp = self._stat()
+        if stamp is None or stamp == self._stamp:
+            return self.value
+        self._stamp = stamp
+        try:
+            text = open(self.path, encoding="utf-8").read().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            log.warning("cannot read the rotated token file; keeping the previous token",
+                        extra={"path": self.path, "error": str(e)})
+            return self.value
+        if not _usable_token(text):
+            log.warning("the rotated token file does not hold a single-line token; keeping the previous token",
+                        extra={"path": self.path})
+            return self.value
+        if text != self.value:
+            log.info("token file changed; using the new token", extra={"path": self.path})
+            self.value = text
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -183,10 +232,12 @@ def _parse_auth(a: Section) -> AuthSettings:
         if ":" in user:  # RFC 7617: the first colon ends the user-id, the server would read another user
             raise a.error("a user name for basic auth cannot contain ':'", "user")
         auth = AuthSettings("basic", user=user, password=a.secret("password", ""))
-    elif a.has("bearer_token"):
-        auth = AuthSettings("bearer", token=_header_token(a, "bearer_token"))
-    elif a.has("api_key"):
-        auth = AuthSettings("api_key", token=_header_token(a, "api_key"))
+    elif a.has("bearer_token") or a.has("api_key"):
+        key = "bearer_token" if a.has("bearer_token") else "api_key"
+        token = _header_token(a, key)
+        spec = a.data.get(key)
+        rotating = RotatingSecret(str(spec["file"]), token) if isinstance(spec, dict) and "file" in spec else None
+        auth = AuthSettings("bearer" if key == "bearer_token" else "api_key", token=token, token_file=rotating)
     else:
         auth = AuthSettings("none")
     a.done()
@@ -197,9 +248,13 @@ def _header_token(a: Section, key: str) -> str:
     """A token goes into the Authorization header as written. A line break in it (a secret file holding two lines)
     makes aiohttp refuse every request before sending, so it is refused here, naming the key, never the value."""
     token = a.secret(key)
-    if not token or any(ord(c) < 0x20 or ord(c) == 0x7F for c in token):
+    if not _usable_token(token):
         raise a.error("must be a single line of printable characters, and not empty", key)
-    return token
+    return str(token)
+
+
+def _usable_token(token: Any) -> bool:
+    return isinstance(token, str) and bool(token) and not any(ord(c) < 0x20 or ord(c) == 0x7F for c in token)
 
 
 def _check_tls_files(t: Section, tls: TlsSettings) -> None:
@@ -669,8 +724,11 @@ class Delivery(Generic[Item]):
 
     async def _attempt(self, req: _Request, encoded: Encoded) -> Verdict:
         assert self.session is not None
+        headers = encoded.headers
+        if self.settings.auth.token_file is not None:  # rotating token: the current one, per request
+            headers = {**headers, "Authorization": self.settings.auth.header() or ""}
         try:
-            async with self.session.post(encoded.url, data=encoded.body, headers=encoded.headers) as resp:
+            async with self.session.post(encoded.url, data=encoded.body, headers=headers) as resp:
                 body = await resp.read()
                 response = Response(resp.status, resp.headers, body)
         except asyncio.CancelledError:

@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import logging
+import os
 import shutil
 import ssl
 import subprocess
@@ -435,3 +436,35 @@ async def test_loki_401_is_dead_lettered_with_the_reason_and_logged_as_an_error(
     assert errors[0].reason == "http_401: invalid authentication credentials"
     assert "expired-token-0042" not in _rendered_logs(caplog)
     assert json.loads(JsonFormatter().format(errors[0]))["tenant"] == ""
+
+
+async def test_a_rotated_token_file_is_read_again(tmp_path, monkeypatch, caplog) -> None:
+    """A projected service-account token is replaced in place before it expires: requests after the rotation carry
+    the new token, nothing is refused, and neither token is logged."""
+    from logagent.delivery import RotatingSecret
+
+    monkeypatch.setattr(RotatingSecret, "check_interval", 0.0)
+    caplog.set_level(logging.DEBUG)
+    old, new = BEARER, BEARER[::-1]
+    path = tmp_path / "token"
+    path.write_text(old + "\n")
+    rec = LokiReceiver()
+    gate = AuthGate(rec, "loki", "Bearer", old)
+    await rec.start()
+    ctx = make_context(tmp_path)
+    ledger = _loki_ledger(rec)
+    out = build_output("loki", _loki_settings(rec.url, auth={"bearer_token": {"file": str(path)}}), ctx, name="rot")
+    first, second = numbered_batches(ledger, 2, 10)
+    await run_output(out, [first])
+    # the token rotates: the file is replaced (as the kubelet does, by rename) and the backend now wants the new one
+    (tmp_path / "token.new").write_text(new + "\n")
+    os.rename(tmp_path / "token.new", path)
+    gate.secret = new
+    await run_output(out, [second])
+    await rec.stop()
+    assert gate.refused == 0
+    assert gate.headers[0] == f"Bearer {old}" and gate.headers[-1] == f"Bearer {new}"
+    assert rec.entries_stored == 20 and sorted(ledger.acked) == [0, 1] and dead_letters(ctx) == []
+    logs = _rendered_logs(caplog)
+    assert old not in logs and new not in logs
+    assert "token file changed; using the new token" in logs
