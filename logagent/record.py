@@ -120,6 +120,13 @@ def doc_id(meta: dict[str, Any], record: Record) -> str | None:
     The same source line read again after a crash gets the same id, so an idempotent backend (Elasticsearch
     `create` with `_id`) stores it once. None when the source gives no position.
     """
+    sidecar = record.get("sidecar_source")
+    if sidecar is not None and record.get("sidecar_offset") is not None:
+        # unwrapped from a sidecar's envelope: identified where the sidecar read it, within its pod
+        kube = meta.get("kubernetes") or {}
+        pod = kube.get("pod_uid") or meta.get("source_id")
+        return hashlib.blake2b(f"sidecar|{pod}|{sidecar}|{record['sidecar_offset']}".encode(),
+                               digest_size=16).hexdigest()
     source = meta.get("source_id") or record.get("source_id")
     key = meta.get("pos_key") or record.get("pos_key")
     if source is None or key is None:

@@ -37,6 +37,9 @@ def encode_envelopes(batch: Batch) -> bytes:
     """One envelope line per record of the batch (a file's read: one path for all of them)."""
     meta = batch.meta
     path = str(meta.get("path", ""))
+    # the file's identity in the sidecar (stable across its restarts: stored with its checkpoint): with the offset
+    # it gives the record the same document id however often the sidecar sends it
+    source = meta.get("source_id")
     shared = {k: v for k, v in meta.items() if k not in _OWN_META}
     dumps = orjson.dumps
     opts = orjson.OPT_APPEND_NEWLINE
@@ -45,6 +48,8 @@ def encode_envelopes(batch: Batch) -> bytes:
         message = rec.get("message", "")
         env: dict[str, Any] = {ENVELOPE_KEY: ENVELOPE_VERSION, "file": path, "offset": rec.get("offset"),
                                "message": message if isinstance(message, str) else _as_text(message)}
+        if source is not None:
+            env["source"] = source
         fields = {k: v for k, v in rec.items() if k not in _NOT_FIELDS}
         if shared:
             fields = {**shared, **fields}

@@ -17,7 +17,7 @@ import pytest
 
 from logagent.config import ConfigError
 from logagent.outputs.sidecar import encode_envelopes
-from logagent.record import Batch
+from logagent.record import Batch, doc_id
 from logagent.sidecar import default_state_dir, sidecar_config
 from tests.helpers import wait_for
 
@@ -88,7 +88,7 @@ def test_every_line_becomes_one_envelope_on_stdout(volume: Path) -> None:
     assert all(line.startswith(b'{"logagent.sidecar":1,') and line.endswith(b"\n") for line in sc.lines)
     by_file: dict[str, list[tuple[int, str]]] = {}
     for env in sc.envelopes():
-        assert set(env) <= {"logagent.sidecar", "file", "offset", "message", "fields"}
+        assert set(env) <= {"logagent.sidecar", "file", "offset", "source", "message", "fields"}
         by_file.setdefault(env["file"], []).append((env["offset"], env["message"]))
     app_lines = ["starting", 'msg with "quotes" and a \\ backslash', "ünïcode ✓", "later line"]
     offsets = [0]
@@ -184,11 +184,11 @@ def test_envelope_carries_parser_fields_and_flags_and_only_them() -> None:
     ], {"input": "sidecar", "path": "/var/log/app/a.log", "source_id": "fp:1", "pos_key": "offset"})
     lines = encode_envelopes(batch).splitlines()
     assert [json.loads(x) for x in lines] == [
-        {"logagent.sidecar": 1, "file": "/var/log/app/a.log", "offset": 0, "message": "plain"},
-        {"logagent.sidecar": 1, "file": "/var/log/app/a.log", "offset": 6, "message": "cut",
+        {"logagent.sidecar": 1, "file": "/var/log/app/a.log", "offset": 0, "message": "plain", "source": "fp:1"},
+        {"logagent.sidecar": 1, "file": "/var/log/app/a.log", "offset": 6, "message": "cut", "source": "fp:1",
          "fields": {"flags": ["truncated"]}},
         {"logagent.sidecar": 1, "file": "/var/log/app/a.log", "offset": 10, "message": '{"parsed":true}',
-         "fields": {"level": "warn"}},
+         "source": "fp:1", "fields": {"level": "warn"}},
     ]
 
 
@@ -215,17 +215,28 @@ def test_node_stage_unwraps_envelopes_once_and_protects_its_own_fields() -> None
         {"message": hostile, "offset": 300, "stream": "stdout"},
         {"message": "plain text from the sidecar container", "offset": 400, "stream": "stderr"},
         {"message": {"structured": 1}, "offset": 500},
-    ], {"input": "containers", "path": "/x/0.log", "source_id": "fp:node", "pos_key": "offset"})
+    ], {"input": "containers", "path": "/x/0.log", "source_id": "fp:node", "pos_key": "offset",
+        "kubernetes": {"pod_uid": "uid-1"}})
     (out,) = stage.process(node_batch)
     assert out.records == [
         {"message": "cut", "offset": 100, "stream": "stdout", "flags": ["cri_flag", "truncated"],
-         "sidecar_file": "/var/log/app/a.log", "sidecar_offset": 6},
+         "sidecar_file": "/var/log/app/a.log", "sidecar_offset": 6, "sidecar_source": "fp:1"},
         {"message": "x", "offset": 200, "stream": "stdout", "level": "warn", "offset_in_app": 1,
-         "sidecar_file": "/var/log/app/a.log", "sidecar_offset": 9},
+         "sidecar_file": "/var/log/app/a.log", "sidecar_offset": 9, "sidecar_source": "fp:1"},
         {"message": "m", "offset": 300, "stream": "stdout", "sidecar_file": "/f", "sidecar_offset": 1},
         {"message": "plain text from the sidecar container", "offset": 400, "stream": "stderr"},
         {"message": {"structured": 1}, "offset": 500},
     ]
+    # document ids follow where the sidecar read a record, not where the node read the envelope: a record the
+    # sidecar sends again after a restart (at-least-once) lands in another node offset, with the same id
+    replay = Batch("kube", [{"message": envelopes[0], "offset": 7000, "stream": "stdout"}],
+                   {"input": "containers", "path": "/x/1.log", "source_id": "fp:node2", "pos_key": "offset",
+                    "kubernetes": {"pod_uid": "uid-1"}})
+    (again,) = stage.process(replay)
+    assert doc_id(again.meta, again.records[0]) == doc_id(out.meta, out.records[0])
+    assert doc_id(out.meta, out.records[0]) != doc_id(out.meta, out.records[1])
+    # the hostile envelope has no sidecar source: its id is the node's position, as for any line
+    assert doc_id(out.meta, out.records[2]) == doc_id(node_batch.meta, {"offset": 300})
 
 
 def test_multiline_and_json_parsing_happen_in_the_sidecar(volume: Path) -> None:

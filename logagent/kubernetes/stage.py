@@ -54,7 +54,7 @@ PARSER = "logagent.io/parser"
 SIDECAR_MARK = '{"logagent.sidecar":'
 SIDECAR_INVALID = "sidecar_envelope_invalid"
 # Record keys an envelope's fields may not overwrite: the node-side position (doc ids) and what we restore.
-_PROTECTED = frozenset({"message", "offset", "sidecar_file", "sidecar_offset"})
+_PROTECTED = frozenset({"message", "offset", "sidecar_file", "sidecar_offset", "sidecar_source"})
 
 
 @dataclass(frozen=True)
@@ -330,5 +330,9 @@ class KubernetesMetadata(Stage):
             rec["sidecar_file"] = env["file"]
             if "offset" in env:
                 rec["sidecar_offset"] = env["offset"]
+                if isinstance(env.get("source"), str):
+                    # the record's identity is where the sidecar read it: a sidecar restart that sends it again
+                    # (at-least-once) gets the same document id (`logagent.record.doc_id`)
+                    rec["sidecar_source"] = env["source"]
         if bad:
             self._flagged.inc(bad)
