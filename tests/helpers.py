@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,3 +32,14 @@ async def async_wait_for(condition: Callable[[], Any], timeout: float = 10.0, in
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
         await asyncio.sleep(interval)
+
+
+def kmsg_writable() -> bool:
+    """Root, and /dev/kmsg can be opened for reading and writing: the real-device tests run, else they skip."""
+    if os.geteuid() != 0 or not os.path.exists("/dev/kmsg"):
+        return False
+    try:
+        os.close(os.open("/dev/kmsg", os.O_RDWR))
+    except OSError:
+        return False
+    return True

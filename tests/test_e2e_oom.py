@@ -23,20 +23,10 @@ import pytest
 
 from tests.e2e_support import ContainerLog
 from tests.filetail import Agent, agent_config
-from tests.helpers import async_wait_for
+from tests.helpers import async_wait_for, kmsg_writable
 from tests.kube_apiserver import FakeApiServer, make_pod
 
 LAST_LINES = 5
-
-
-def kmsg_writable() -> bool:
-    if os.geteuid() != 0 or not os.path.exists("/dev/kmsg"):
-        return False
-    try:
-        os.close(os.open("/dev/kmsg", os.O_RDWR))
-    except OSError:
-        return False
-    return True
 
 
 pytestmark = [pytest.mark.root,
@@ -79,14 +69,6 @@ def write_kmsg(lines: list[str]) -> None:
             os.write(fd, f"<4>{line}\n".encode())
         finally:
             os.close(fd)
-
-
-@pytest.fixture
-async def api() -> Any:
-    server = FakeApiServer()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def test_oom_kill_in_a_tailed_container_carries_its_pod_and_last_lines(api: FakeApiServer,

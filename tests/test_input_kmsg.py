@@ -11,17 +11,17 @@ from pathlib import Path
 
 import orjson
 import pytest
+from logagent.inputs.kmsg import KmsgDecoder, KmsgInput, SequenceGaps, format_rfc3339_ns, read_boot_id
 
 from logagent import metrics
 from logagent.checkpoint import CheckpointStore
 from logagent.component import Context
-from logagent.deadletter import DeadLetter
-from logagent.record import Batch, doc_id
 from logagent.config import ConfigError, Section, parse_config
-from logagent.inputs.kmsg import KmsgDecoder, KmsgInput, SequenceGaps, format_rfc3339_ns, read_boot_id
+from logagent.deadletter import DeadLetter
 from logagent.pipeline import Pipeline
+from logagent.record import Batch, doc_id
 from logagent.signatures.kmsgformat import split_capture
-from tests.helpers import async_wait_for
+from tests.helpers import async_wait_for, kmsg_writable
 
 KERNEL_DATA = Path(__file__).parent / "data" / "kernel"  # a copy of ../shared/testdata/kernel
 
@@ -132,17 +132,7 @@ def test_settings_reject_a_read_buffer_below_one_kernel_record() -> None:
 
 # -- the real /dev/kmsg -------------------------------------------------------------------------------------------
 
-def _kmsg_writable() -> bool:
-    if os.geteuid() != 0 or not os.path.exists("/dev/kmsg"):
-        return False
-    try:
-        os.close(os.open("/dev/kmsg", os.O_RDWR))
-    except OSError:
-        return False
-    return True
-
-
-root_kmsg = pytest.mark.skipif(not _kmsg_writable(), reason="needs root and a readable, writable /dev/kmsg")
+root_kmsg = pytest.mark.skipif(not kmsg_writable(), reason="needs root and a readable, writable /dev/kmsg")
 
 
 def _write_kmsg(text: str) -> None:

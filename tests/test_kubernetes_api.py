@@ -54,14 +54,6 @@ def kube(stage: KubernetesMetadata, path: str) -> dict[str, Any] | None:
     return out[0].meta.get("kubernetes") if out else None
 
 
-@pytest.fixture
-async def api() -> Any:
-    server = FakeApiServer()
-    await server.start()
-    yield server
-    await server.stop()
-
-
 async def test_pod_metadata_arrives_through_list_and_watch(api: FakeApiServer) -> None:
     web = make_pod("web-5d8f7c-x2x9z", "shop", uid="uid-web",
                    labels={"app": "web", "pod-template-hash": "5d8f7c"},

@@ -38,14 +38,6 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
-@pytest.fixture
-async def api() -> Any:
-    server = FakeApiServer()
-    await server.start()
-    yield server
-    await server.stop()
-
-
 async def test_node_agent_tags_container_and_volume_logs_and_obeys_annotations(api: FakeApiServer,
                                                                                 tmp_path: Path) -> None:
     root = tmp_path / "host"

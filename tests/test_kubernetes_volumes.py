@@ -7,8 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from logagent.component import Context
 from logagent.config import Section
 from logagent.kubernetes.stage import KubernetesMetadata
@@ -42,14 +40,6 @@ def tagged(stage: KubernetesMetadata, path: str, tag: str = "vol") -> Batch | No
     batch = Batch(tag, [{"message": "hello", "offset": 0}], {"input": "volumes", "path": path})
     out = list(stage.process(batch))
     return out[0] if out else None
-
-
-@pytest.fixture
-async def api() -> Any:
-    server = FakeApiServer()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def test_empty_dir_file_is_tagged_with_the_pod_found_by_uid(api: FakeApiServer, tmp_path: Path) -> None:

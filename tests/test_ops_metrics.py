@@ -8,8 +8,7 @@ import yaml
 
 from logagent.http import parse_address
 from tests.helpers import wait_for
-from tests.ops_support import (Agent, agent_base_url, http_get, read_jsonl, sample, scrape, wait_http_up,
-                                write_lines)
+from tests.ops_support import Agent, agent_base_url, http_get, read_jsonl, sample, scrape, wait_http_up, write_lines
 
 
 def agent_config(tmp_path, logs, out, **http):

@@ -14,8 +14,7 @@ from typing import Any
 import yaml
 
 from tests.helpers import wait_for
-from tests.ops_support import (REPO, Agent, agent_base_url, read_jsonl, sample, scrape, wait_http_up,
-                                write_lines)
+from tests.ops_support import REPO, Agent, agent_base_url, read_jsonl, sample, scrape, wait_http_up, write_lines
 
 
 def config_doc(tmp_path: Path, logs: Path, output_path: Path, **extra: Any) -> dict[str, Any]:

@@ -6,7 +6,8 @@ from datetime import datetime
 
 import orjson
 import pytest
-from hypothesis import given, settings as hsettings
+from hypothesis import given
+from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from logagent.parsers.cri import CriJoiner

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-from datetime import datetime, timezone
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from logagent.inputs.file.settings import parse_file_settings
 
 from logagent.config import ConfigError, Section
-from logagent.inputs.file.settings import parse_file_settings
 from logagent.parsers.base import RawJoiner
 from logagent.parsers.cri import CriJoiner
 from logagent.parsers.factory import ParserSettings, make_joiner, parse_parser_settings

@@ -8,7 +8,6 @@ Nothing here fakes a backend: outputs talk HTTP to the receivers in this package
 from __future__ import annotations
 
 import asyncio
-
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any

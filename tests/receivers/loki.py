@@ -17,6 +17,7 @@ import argparse
 import gzip
 import json
 import re
+
 import cramjam
 from aiohttp import web
 
