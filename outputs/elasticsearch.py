@@ -38,13 +38,13 @@ import orjson
 
 from logagent.config import Section
 from logagent.delivery import (
-    DeliveryOutput,
     ITEMS,
     OK,
     REJECT,
     RETRY,
     SPLIT,
     Delivery,
+    DeliveryOutput,
     Encoded,
     FieldTemplate,
     HttpSettings,

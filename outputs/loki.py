@@ -53,16 +53,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from logagent.outputs.protowire import ld as _ld
+from logagent.outputs.protowire import varint as _varint
 
 from logagent import metrics
 from logagent.config import Section
 from logagent.delivery import (
-    DeliveryOutput,
     OK,
     REJECT,
     RETRY,
     SPLIT,
     Delivery,
+    DeliveryOutput,
     Encoded,
     FieldTemplate,
     HttpSettings,
@@ -106,20 +108,6 @@ class LokiSettings:
 
 
 # -- protobuf hand-encoding (field numbers from logproto.proto) --------------------------------------------------
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _ld(tag: int, payload: bytes) -> bytes:
-    """A length-delimited field: key byte (field << 3 | 2), length, payload."""
-    return bytes((tag,)) + _varint(len(payload)) + payload
 
 
 def encode_entry(ts_ns: int, line: str, metadata: tuple[tuple[str, str], ...]) -> bytes:

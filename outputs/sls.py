@@ -55,16 +55,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from logagent.outputs.protowire import ld as _ld
+from logagent.outputs.protowire import varint as _varint
 
 from logagent import metrics
 from logagent.config import Section
 from logagent.delivery import (
-    DeliveryOutput,
     OK,
     REJECT,
     RETRY,
     SPLIT,
     Delivery,
+    DeliveryOutput,
     Encoded,
     FieldTemplate,
     HttpSettings,
@@ -103,19 +105,6 @@ class SlsSettings:
 
 
 # -- protobuf hand-encoding (field numbers from sls_logs.proto) --------------------------------------------------
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _ld(tag: int, payload: bytes) -> bytes:
-    return bytes((tag,)) + _varint(len(payload)) + payload
 
 
 def _pair(tag: int, key: str, value: str) -> bytes:
