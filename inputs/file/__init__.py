@@ -447,7 +447,7 @@ class FileInput(Input):
         if not records:
             self._advance_unheld(tail)
             return
-        self._count_flags(records)
+        self._finish_flagged(records)
         token = self.tracker.token(tail.key, tail.position())
         await self._emit(Batch(self.tag, records, tail.meta, token, nbytes))
 
@@ -461,7 +461,9 @@ class FileInput(Input):
                     or committed.get("fp") != pos["fp"]:
                 self.tracker.set(tail.key, pos)
 
-    def _count_flags(self, records: list[dict[str, Any]]) -> None:
+    def _finish_flagged(self, records: list[dict[str, Any]]) -> None:
+        """The rare records with flags: text kept undecoded until complete is decoded (`settle_utf8`), and each
+        flag is counted."""
         flagged = [r for r in records if "flags" in r]
         if not flagged:
             return

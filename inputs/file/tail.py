@@ -122,8 +122,9 @@ class Tail:
         self._add(self.joiner.flush(0.0, True))
         self.read_offset = 0
         self.splitter.reset(0)
-        self.fp = fingerprint_of(read_head(self.fd, self.fingerprint_bytes))
-        self.source_id = make_source_id(self.dev, self.ino, read_head(self.fd, self.fingerprint_bytes))
+        head = read_head(self.fd, self.fingerprint_bytes)
+        self.fp = fingerprint_of(head)
+        self.source_id = make_source_id(self.dev, self.ino, head)
         self.meta = {**self.meta, "source_id": self.source_id}
         self.at_eof = False
         self.rewritten = False
