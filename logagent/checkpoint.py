@@ -140,8 +140,7 @@ class PositionTracker:
             self.committed[key] = latest
             self._dirty[key] = latest
             self._deleted.discard(key)
-            if self.store.on_dirty is not None:
-                self.store.on_dirty()
+            self._notify()
             for listener in self.listeners:
                 listener(key, latest)
         if queue is not None and not queue:
@@ -152,12 +151,18 @@ class PositionTracker:
         self.committed[key] = position
         self._dirty[key] = position
         self._deleted.discard(key)
+        self._notify()
 
     def forget(self, key: str) -> None:
         """The source is finished and gone (a rotated file read to its end and deleted)."""
         self.committed.pop(key, None)
         self._dirty.pop(key, None)
         self._deleted.add(key)
+        self._notify()
+
+    def _notify(self) -> None:
+        if self.store.on_dirty is not None:
+            self.store.on_dirty()
 
     def flush(self) -> None:
         if not self._dirty and not self._deleted:

@@ -610,10 +610,7 @@ class Pipeline:
         dirty = asyncio.Event()
         self.ctx.checkpoints.on_dirty = dirty.set
         while True:
-            try:
-                await asyncio.wait_for(dirty.wait(), 5.0)  # also flushes positions set without an ack
-            except asyncio.TimeoutError:
-                pass
+            await dirty.wait()
             dirty.clear()
             await asyncio.sleep(self.config.checkpoint_interval)
             try:
