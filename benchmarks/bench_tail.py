@@ -51,7 +51,9 @@ _AGENTS = ["Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Geck
 _JAVA_CLASSES = ["c.e.shop.CheckoutController", "o.s.web.servlet.DispatcherServlet", "c.e.shop.repo.OrderRepository",
                  "c.z.hikari.pool.HikariPool", "o.a.kafka.clients.consumer.KafkaConsumer"]
 _GO_FILES = ["server.go", "handler.go", "reconcile.go", "cache.go", "leaderelection.go"]
-_WORDS = ["order", "payment", "user", "cart", "item", "stock", "shipment", "invoice", "retry", "timeout", "upstream", "cache", "miss", "hit", "refresh", "token", "session", "backend", "replica", "shard", "queue", "lag", "commit", "rebalance", "partition", "offset"]
+_WORDS = ["order", "payment", "user", "cart", "item", "stock", "shipment", "invoice", "retry", "timeout", "upstream",
+          "cache", "miss", "hit", "refresh", "token", "session", "backend", "replica", "shard", "queue", "lag",
+          "commit", "rebalance", "partition", "offset"]
 
 
 def _message_pool(rng: random.Random, size: int, java_only: bool) -> list[str]:

@@ -27,7 +27,6 @@ from logagent.config import Section
 from logagent.inputs.kmsg import format_rfc3339_ns
 from logagent.record import Batch, Record
 
-
 CHECKPOINT_KEY = "journal"
 IDLE_WAIT = 1.0  # seconds a read waits for new entries before returning, so stop() is noticed
 DEFAULT_FIELDS = ("_PID", "_COMM", "_HOSTNAME", "_SYSTEMD_UNIT", "SYSLOG_IDENTIFIER", "_TRANSPORT",

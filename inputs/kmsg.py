@@ -30,7 +30,6 @@ from logagent.config import Section
 from logagent.record import Batch, Record
 from logagent.signatures.kmsgformat import FragmentJoiner, KmsgFormatError, KmsgRecord, parse_record
 
-
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 CHECKPOINT_KEY = "kmsg"
 # The kernel refuses a read() whose buffer cannot hold the whole record (EINVAL); records are at most ~8 KiB

@@ -31,7 +31,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     selflog.setup(cfg.log_level)
     try:
-        import uvloop  # type: ignore[import-not-found]
+        import uvloop
 
         runner: Any = uvloop.run
     except ImportError:

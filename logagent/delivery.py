@@ -312,7 +312,8 @@ def compress(kind: str, data: bytes) -> bytes:
     if kind == "snappy":
         return bytes(cramjam.snappy.compress_raw(data))
     if kind == "lz4":
-        return lz4.block.compress(data, store_size=False)
+        out: bytes = lz4.block.compress(data, store_size=False)
+        return out
     return data
 
 
@@ -322,7 +323,8 @@ def decompress(kind: str, data: bytes, raw_size: int | None = None) -> bytes:
     if kind == "snappy":
         return bytes(cramjam.snappy.decompress_raw(data))
     if kind == "lz4":
-        return lz4.block.decompress(data, uncompressed_size=raw_size or 0)
+        raw: bytes = lz4.block.decompress(data, uncompressed_size=raw_size or 0)
+        return raw
     return data
 
 
@@ -559,7 +561,8 @@ class Delivery(Generic[Item]):
             for lane in self._lanes.values():
                 self._cut(lane)
                 self._kick(lane)
-            waits = [*self._tasks, *(l.pump for l in self._lanes.values() if l.pump is not None and not l.pump.done())]
+            pumps = (ln.pump for ln in self._lanes.values() if ln.pump is not None and not ln.pump.done())
+            waits = [*self._tasks, *pumps]
             if not waits:
                 return
             await asyncio.wait(waits)

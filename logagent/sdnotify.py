@@ -39,7 +39,7 @@ def send_datagram(message: str, notify_socket: str | None = None) -> bool:
 
 def _systemd_notify() -> Callable[[str], bool] | None:
     try:
-        from systemd import daemon  # type: ignore[import-not-found]
+        from systemd import daemon
     except ImportError:
         return None
     return daemon.notify  # type: ignore[no-any-return]

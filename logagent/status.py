@@ -57,5 +57,6 @@ def print_status(state_dir: str, as_json: bool = False) -> int:
             note = f"  ({row['note']})" if "note" in row else ""
             print(f"{row['input']:<14} {row['offset']:>14} {size:>14} {lag:>12}  {row['path']}{note}")
         else:
-            print(f"{row['input']:<14} {'':>14} {'':>14} {'':>12}  {row['key']}: {orjson.dumps(row['position']).decode()}")
+            position = orjson.dumps(row['position']).decode()
+            print(f"{row['input']:<14} {'':>14} {'':>14} {'':>12}  {row['key']}: {position}")
     return 0

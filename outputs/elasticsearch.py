@@ -187,7 +187,7 @@ class BulkCodec:
 
     def dead_record(self, key: str, item: bytes) -> dict[str, Any]:
         nl = item.index(b"\n")
-        rec = orjson.loads(item[nl + 1:])
+        rec: dict[str, Any] = orjson.loads(item[nl + 1:])
         action = orjson.loads(item[:nl])
         rec.setdefault("_es", next(iter(action.values())))
         return rec

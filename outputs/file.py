@@ -11,11 +11,11 @@ import os
 from typing import Any
 
 import aiofiles
-from logagent.outputs.jsonlines import JsonLinesSettings, encode_batch, parse_common
 
 from logagent import metrics
 from logagent.component import Output
 from logagent.config import Section
+from logagent.outputs.jsonlines import JsonLinesSettings, encode_batch, parse_common
 from logagent.record import Batch
 
 

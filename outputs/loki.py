@@ -53,8 +53,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from logagent.outputs.protowire import ld as _ld
-from logagent.outputs.protowire import varint as _varint
 
 from logagent import metrics
 from logagent.config import Section
@@ -75,6 +73,8 @@ from logagent.delivery import (
     retry_after_seconds,
     rfc3339_ns,
 )
+from logagent.outputs.protowire import ld as _ld
+from logagent.outputs.protowire import varint as _varint
 from logagent.record import Batch
 
 PUSH_PATH = "/loki/api/v1/push"

@@ -21,9 +21,9 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from logagent.outputs.stdout import StreamOutput
 
 from logagent.config import Section
+from logagent.outputs.stdout import StreamOutput
 from logagent.record import Batch
 
 ENVELOPE_KEY = "logagent.sidecar"

@@ -55,8 +55,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from logagent.outputs.protowire import ld as _ld
-from logagent.outputs.protowire import varint as _varint
 
 from logagent import metrics
 from logagent.config import Section
@@ -77,6 +75,8 @@ from logagent.delivery import (
     retry_after_seconds,
     rfc3339_ns,
 )
+from logagent.outputs.protowire import ld as _ld
+from logagent.outputs.protowire import varint as _varint
 from logagent.record import Batch
 
 log = logging.getLogger("logagent.output.sls")

@@ -15,11 +15,10 @@ import signal
 import sys
 from typing import Any, BinaryIO
 
-from logagent.outputs.jsonlines import JsonLinesSettings, encode_batch, parse_common
-
 from logagent import metrics
 from logagent.component import Context, Output
 from logagent.config import Section
+from logagent.outputs.jsonlines import JsonLinesSettings, encode_batch, parse_common
 from logagent.record import Batch
 
 

@@ -8,9 +8,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from logagent.inputs.file.reader import LineSplitter, settle_utf8
-
 from logagent.config import Section
+from logagent.inputs.file.reader import LineSplitter, settle_utf8
 from logagent.parsers.base import LineJoiner
 from logagent.parsers.factory import ParserSettings, make_joiner, parse_parser_settings
 

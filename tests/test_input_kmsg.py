@@ -11,13 +11,13 @@ from pathlib import Path
 
 import orjson
 import pytest
-from logagent.inputs.kmsg import KmsgDecoder, KmsgInput, SequenceGaps, format_rfc3339_ns, read_boot_id
 
 from logagent import metrics
 from logagent.checkpoint import CheckpointStore
 from logagent.component import Context
 from logagent.config import ConfigError, Section, parse_config
 from logagent.deadletter import DeadLetter
+from logagent.inputs.kmsg import KmsgDecoder, KmsgInput, SequenceGaps, format_rfc3339_ns, read_boot_id
 from logagent.pipeline import Pipeline
 from logagent.record import Batch, doc_id
 from logagent.signatures.kmsgformat import split_capture

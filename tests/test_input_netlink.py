@@ -11,9 +11,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-from logagent.inputs.netlink import NetlinkInput
 
 from logagent.config import ConfigError, Section, parse_config
+from logagent.inputs.netlink import NetlinkInput
 from logagent.pipeline import Pipeline
 from tests.helpers import async_wait_for
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from logagent.outputs.jsonlines import encode_batch
 
+from logagent.outputs.jsonlines import encode_batch
 from logagent.record import AckToken, Batch
 
 # Keys that collide with the shared fields on purpose, and text that looks like the splice's own separators.

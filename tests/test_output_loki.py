@@ -128,7 +128,8 @@ async def test_resets_and_timeouts_deliver_each_entry_once(tmp_path) -> None:
     await run_output(out, batches)
     await async_wait_for(lambda: rec.entries_stored == 90, what="slow request stored")
     await rec.stop()
-    assert sorted(line for (_, _, line) in _stored_index(rec)) == sorted(r["message"] for b in batches for r in b.records)
+    sent = sorted(r["message"] for b in batches for r in b.records)
+    assert sorted(line for (_, _, line) in _stored_index(rec)) == sent
     assert rec.duplicates >= 30  # replays of stored requests, dropped by Loki as exact duplicates
     assert sorted(ledger.acked) == [0, 1, 2] and dead_letters(ctx) == []
 

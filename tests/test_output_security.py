@@ -340,8 +340,8 @@ def test_missing_secret_env_or_file_is_a_config_error_naming_the_key(tmp_path, m
     monkeypatch.delenv("LOGAGENT_TEST_UNSET", raising=False)
     with pytest.raises(ConfigError, match=r"outputs\[0\]\.auth\.bearer_token\.env: environment variable "
                                           r"LOGAGENT_TEST_UNSET is not set"):
-        build_output("loki", _loki_settings("http://127.0.0.1:9", auth={"bearer_token": {"env": "LOGAGENT_TEST_UNSET"}}),
-                     ctx)
+        build_output("loki", _loki_settings("http://127.0.0.1:9",
+                                            auth={"bearer_token": {"env": "LOGAGENT_TEST_UNSET"}}), ctx)
     missing = tmp_path / "no-such-key"
     with pytest.raises(ConfigError, match=r"outputs\[0\]\.auth\.api_key\.file: cannot read secret file "
                                           rf"{missing}: No such file or directory"):

@@ -36,7 +36,7 @@ async def test_putlogs_is_signed_compressed_and_decoded_with_every_field(tmp_pat
     monkeypatch.setenv("STS_TOKEN", "sts-token-1")
     rec = await _receiver(security_token="sts-token-1").start()
     ctx = make_context(tmp_path)
-    ledger = AckLedger(lambda meta, r: any(l["contents"]["message"] == r["message"] for l in rec.logs))
+    ledger = AckLedger(lambda meta, r: any(g["contents"]["message"] == r["message"] for g in rec.logs))
     batches = numbered_batches(ledger, 3, 40, meta={"kubernetes": {"namespace": "shop", "pod": "web-1"}})
     out = build_output("sls", _settings(rec.url, security_token={"env": "STS_TOKEN"}), ctx)
     assert "test-secret" not in repr(out.settings) and "sts-token-1" not in repr(out.settings)
@@ -44,7 +44,7 @@ async def test_putlogs_is_signed_compressed_and_decoded_with_every_field(tmp_pat
     await rec.stop()
 
     assert rec.errors == [] and rec.groups >= 3
-    by_message = {l["contents"]["message"]: l for l in rec.logs}
+    by_message = {g["contents"]["message"]: g for g in rec.logs}
     assert len(rec.logs) == 120 and len(by_message) == 120
     r = batches[1].records[7]
     got = by_message[r["message"]]
@@ -72,7 +72,7 @@ async def test_quota_errors_and_5xx_are_retried(tmp_path) -> None:
     await run_output(out, numbered_batches(ledger, 1, 30))
     await rec.stop()
     assert rec.requests == 5 and len(rec.logs) == 30
-    assert sorted(l["contents"]["message"] for l in rec.logs) == sorted(f"line {i}" for i in range(30))
+    assert sorted(g["contents"]["message"] for g in rec.logs) == sorted(f"line {i}" for i in range(30))
     assert ledger.acked == [0] and ledger.violations == [] and dead_letters(ctx) == []
 
 
@@ -128,7 +128,7 @@ async def test_large_batches_are_cut_to_sls_limits(tmp_path) -> None:
     await rec.stop()
     assert len(rec.logs) == 300 and rec.groups >= 5
     assert max(rec.raw_sizes) <= 140 * 1024
-    assert sorted(l["contents"]["message"][:5] for l in rec.logs) == [f"{i:05d}" for i in range(300)]
+    assert sorted(g["contents"]["message"][:5] for g in rec.logs) == [f"{i:05d}" for i in range(300)]
 
 
 def test_settings_are_validated(tmp_path) -> None:
@@ -140,7 +140,8 @@ def test_settings_are_validated(tmp_path) -> None:
     base = _settings("http://127.0.0.1:1")
     with pytest.raises(ConfigError, match=r"outputs\[0\]\.batch: SLS takes at most 4096"):
         build_output("sls", dict(base, batch={"max_records": 5000}), ctx)
-    with pytest.raises(ConfigError, match=r"outputs\[0\]\.access_key_secret\.env: environment variable NOPE_X is not set"):
+    with pytest.raises(ConfigError,
+                       match=r"outputs\[0\]\.access_key_secret\.env: environment variable NOPE_X is not set"):
         build_output("sls", dict(base, access_key_secret={"env": "NOPE_X"}), ctx)
     s = build_output("sls", {k: v for k, v in base.items() if k != "url"}, ctx).settings
     assert s.http.url == f"https://k8s-prod.{ENDPOINT}"

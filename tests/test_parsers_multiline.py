@@ -121,11 +121,13 @@ def test_python_blank_lines_join_only_when_the_trace_goes_on() -> None:
 
 
 def test_raw_format_multiline_for_volume_files() -> None:
-    text = "2024-05-14 10:00:00,001 ERROR boom\njava.lang.RuntimeException: x\n\tat A.b(A.java:1)\n2024-05-14 10:00:01,000 INFO ok"
+    text = ("2024-05-14 10:00:00,001 ERROR boom\njava.lang.RuntimeException: x\n\tat A.b(A.java:1)\n"
+            "2024-05-14 10:00:01,000 INFO ok")
     joiner = make_joiner(settings(format="raw", multiline="java"), "app.log")
     recs = run_chunks(joiner, (text + "\n").encode())
     assert [(r["message"], r["lines"], r["fragments"], r["offset"]) for r in recs] == [
-        ("\n".join(text.split("\n")[:3]), 3, 3, 0), (text.split("\n")[3], 1, 1, len("\n".join(text.split("\n")[:3])) + 1)]
+        ("\n".join(text.split("\n")[:3]), 3, 3, 0),
+        (text.split("\n")[3], 1, 1, len("\n".join(text.split("\n")[:3])) + 1)]
 
 
 @pytest.mark.parametrize("keys,want", [
@@ -182,6 +184,7 @@ def test_bounds_split_a_group_into_truncated_and_continued_records() -> None:
 
 def test_held_python_blank_lines_flush_as_records_of_their_own() -> None:
     joiner = make_joiner(settings(format="cri", multiline="python"), "x.log")
-    recs = run_chunks(joiner, crilines("ERROR:root:x\nTraceback (most recent call last):\n  File \"a\"\nKeyError: 1\n\n"))
+    recs = run_chunks(joiner,
+                      crilines("ERROR:root:x\nTraceback (most recent call last):\n  File \"a\"\nKeyError: 1\n\n"))
     assert [r["message"] for r in recs] == ['ERROR:root:x\nTraceback (most recent call last):\n  File "a"\nKeyError: 1',
                                             "", ""]

@@ -10,9 +10,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from logagent.inputs.file.settings import parse_file_settings
 
 from logagent.config import ConfigError, Section
+from logagent.inputs.file.settings import parse_file_settings
 from logagent.parsers.base import RawJoiner
 from logagent.parsers.cri import CriJoiner
 from logagent.parsers.factory import ParserSettings, make_joiner, parse_parser_settings

@@ -149,7 +149,8 @@ def test_json_log_lines_are_one_record_in_java_and_python_modes() -> None:
     java = ('2024-05-14 09:00:00.000 ERROR 1 --- [main] c.e.App : failed\n'
             'java.lang.IllegalStateException: x\n'
             '\tat c.e.App.run(App.java:10)\n'
-            '{"@timestamp":"2024-05-14T09:00:01Z","level":"ERROR","stack_trace":"java.lang.X: y\\n\\tat a.B(B.java:1)"}\n'
+            '{"@timestamp":"2024-05-14T09:00:01Z","level":"ERROR",'
+            '"stack_trace":"java.lang.X: y\\n\\tat a.B(B.java:1)"}\n'
             '{"level":"INFO","message":"next"}')
     lines = java.split("\n")
     assert grouped("java", java, "stdout") == [lines[0:3], lines[3:4], lines[4:5]]

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from logagent.outputs.sidecar import encode_envelopes
 
 from logagent.config import ConfigError
+from logagent.outputs.sidecar import encode_envelopes
 from logagent.record import Batch, doc_id
 from logagent.sidecar import default_state_dir, sidecar_config
 from tests.helpers import wait_for

@@ -223,7 +223,8 @@ disable: [link_down]
 @pytest.mark.parametrize("body,where", [
     ("rules:\n  - signature: x\n    category: kernel\n    keywords: [a]\n    patterns: [a]\n",
      "rules[0] (x).category"),
-    ("rules:\n  - signature: y\n    category: fs\n    keywords: [a]\n    patterns: ['a(']\n", "rules[0] (y).patterns[0]"),
+    ("rules:\n  - signature: y\n    category: fs\n    keywords: [a]\n    patterns: ['a(']\n",
+     "rules[0] (y).patterns[0]"),
     ("rules:\n  - signature: z\n    category: fs\n    patterns: [a]\n", "rules[0] (z).keywords"),
     ("rules:\n  - signature: w\n    category: fs\n    keywords: [a]\n    patterns: [a]\n    colour: red\n",
      "rules[0]: unknown key(s) colour"),

@@ -435,7 +435,7 @@ class FileInput(Input):
         unfinished record (see `carry`): a trace cut by the kubelet's rotation comes out whole."""
         for pred in list(self.tails.values()):
             if pred.orphaned and pred.path == tail.path and pred is not tail and hand_over(
-                    pred, tail, lambda path=pred.path: self._joiner(path, self._overrides(path))):
+                    pred, tail, lambda: self._joiner(tail.path, self._overrides(tail.path))):
                 log.debug("carrying a record across a rotation", extra={"path": tail.path, "from": pred.real})
                 return
 

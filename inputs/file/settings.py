@@ -74,7 +74,7 @@ def _parser_settings(section: Section) -> Any:
 
 def parser_factory() -> Any:
     try:
-        from logagent.parsers import factory  # type: ignore[attr-defined]
+        from logagent.parsers import factory
     except ImportError:
         return None
     return factory

@@ -111,7 +111,8 @@ def python(msg: str, st: StreamState) -> int:
 _GO_START = re.compile(r"panic: |fatal error: |SIG[A-Z]+: |.*?\b(?:http2?: panic serving |Observed a panic)")
 _GO_GOROUTINE = re.compile(r"goroutine \d+ \[")
 # a new log entry ends a dump: klog, the standard log package's prefix, JSON (zap, slog), ISO time, logfmt
-_GO_ENTRY = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d|\d{4}/\d\d/\d\d \d\d:\d\d:\d\d|\{|\d{4}-\d\d-\d\d[T ]\d\d:\d\d|time=|level=")
+_GO_ENTRY = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d|\d{4}/\d\d/\d\d \d\d:\d\d:\d\d|\{"
+                       r"|\d{4}-\d\d-\d\d[T ]\d\d:\d\d|time=|level=")
 
 
 def go(msg: str, st: StreamState) -> int:

@@ -63,7 +63,8 @@ def parse_memcg(path: str | None) -> CgroupOwner | None:
             return None
         uid = m["uid"]
     q = _QOS.search(path)
-    return CgroupOwner(uid.lower(), m["cid"].lower() if m["cid"] else None, q["qos"].capitalize() if q else "Guaranteed")
+    return CgroupOwner(uid.lower(), m["cid"].lower() if m["cid"] else None,
+                       q["qos"].capitalize() if q else "Guaranteed")
 
 
 def victim_memcg(fields: dict[str, str], lines: Sequence[str]) -> str | None:

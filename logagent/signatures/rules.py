@@ -2,7 +2,8 @@
 
 A `RuleSet` is built once from the shipped rules (package data `logagent/signatures/rules/kernel.yaml`, which
 `conf/signatures/kernel.yaml` links to) plus the user's files (`rules_files`): a user rule with the same name
-replaces the shipped one, `disable: [names]` removes rules. Classification is by the decoded message text only (never by syslog level).
+replaces the shipped one, `disable: [names]` removes rules. Classification is by the decoded message text
+only (never by syslog level).
 
 Cost: every rule names literal `keywords`; one Aho-Corasick automaton of all keywords (ahocorasick_rs; a regex
 alternation when it is not installed, ~30x slower) scans a whole batch of messages joined together, so a batch of
@@ -15,11 +16,11 @@ This module must never do I/O after loading, and never decide grouping: that is 
 from __future__ import annotations
 
 import bisect
-from itertools import accumulate
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 

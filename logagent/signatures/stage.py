@@ -35,7 +35,7 @@ from logagent.config import Section
 from logagent.record import Batch, Record, noop_token
 from logagent.signatures.attribution import ContainerTails, attribute, parse_memcg, victim_memcg
 from logagent.signatures.incidents import Incident, IncidentAssembler
-from logagent.signatures.rules import RuleSet, RulesError, load_rules
+from logagent.signatures.rules import RulesError, RuleSet, load_rules
 
 INJECT_SERVICE = "pipeline.inject"
 CONDITIONS_SERVICE = "kernel_conditions"
