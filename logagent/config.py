@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar, overload
 
 import yaml
 
@@ -87,6 +87,9 @@ _Str: TypeAlias = str
 _Int: TypeAlias = int
 _Float: TypeAlias = float
 _Bool: TypeAlias = bool
+_StrList: TypeAlias = list[str]
+_StrMap: TypeAlias = dict[str, str]
+_T = TypeVar("_T")
 
 
 class Section:
@@ -132,6 +135,10 @@ class Section:
             raise self.error("is required", key)
         return default
 
+    @overload
+    def str(self, key: _Str, default: _Str = ..., choices: tuple[_Str, ...] | None = None) -> _Str: ...
+    @overload
+    def str(self, key: _Str, default: _T, choices: tuple[_Str, ...] | None = None) -> _Str | _T: ...
     def str(self, key: _Str, default: Any = _MISSING, choices: tuple[_Str, ...] | None = None) -> Any:
         value = self.raw(key, default)
         if value is default and default is not _MISSING:
@@ -144,6 +151,10 @@ class Section:
             raise self.error(f"expected one of {', '.join(choices)}, got {value!r}", key)
         return value
 
+    @overload
+    def int(self, key: _Str, default: _Int = ..., min: _Int | None = None, max: _Int | None = None) -> _Int: ...
+    @overload
+    def int(self, key: _Str, default: _T, min: _Int | None = None, max: _Int | None = None) -> _Int | _T: ...
     def int(self, key: _Str, default: Any = _MISSING, min: _Int | None = None, max: _Int | None = None) -> Any:
         value = self.raw(key, default)
         if value is default and default is not _MISSING:
@@ -159,6 +170,10 @@ class Section:
             raise self.error(f"must be at most {max}, got {value}", key)
         return value
 
+    @overload
+    def float(self, key: _Str, default: _Float = ..., min: _Float | None = None) -> _Float: ...
+    @overload
+    def float(self, key: _Str, default: _T, min: _Float | None = None) -> _Float | _T: ...
     def float(self, key: _Str, default: Any = _MISSING, min: _Float | None = None) -> Any:
         value = self.raw(key, default)
         if value is default and default is not _MISSING:
@@ -173,7 +188,7 @@ class Section:
             raise self.error(f"must be at least {min}, got {value}", key)
         return value
 
-    def bool(self, key: _Str, default: Any = _MISSING) -> Any:
+    def bool(self, key: _Str, default: _Bool | object = _MISSING) -> _Bool:
         value = self.raw(key, default)
         if isinstance(value, bool):
             return value
@@ -181,6 +196,10 @@ class Section:
             return value.lower() in ("true", "yes", "on", "1")
         raise self.error(f"expected true or false, got {_describe(value)}", key)
 
+    @overload
+    def size(self, key: _Str, default: _Int | _Str = ...) -> _Int: ...
+    @overload
+    def size(self, key: _Str, default: _T) -> _Int | _T: ...
     def size(self, key: _Str, default: Any = _MISSING) -> Any:
         value = self.raw(key, default)
         if value is default and default is not _MISSING and not isinstance(default, str):
@@ -190,6 +209,10 @@ class Section:
         except ValueError:
             raise self.error(f'expected a size like "5MiB", got {_describe(value)}', key) from None
 
+    @overload
+    def duration(self, key: _Str, default: _Float | _Str = ...) -> _Float: ...
+    @overload
+    def duration(self, key: _Str, default: _T) -> _Float | _T: ...
     def duration(self, key: _Str, default: Any = _MISSING) -> Any:
         value = self.raw(key, default)
         if value is default and default is not _MISSING and not isinstance(default, str):
@@ -199,6 +222,10 @@ class Section:
         except ValueError:
             raise self.error(f'expected a duration like "5s" or "250ms", got {_describe(value)}', key) from None
 
+    @overload
+    def str_list(self, key: _Str, default: _StrList = ...) -> _StrList: ...
+    @overload
+    def str_list(self, key: _Str, default: _T) -> _StrList | _T: ...
     def str_list(self, key: _Str, default: Any = _MISSING) -> Any:
         value = self.raw(key, default)
         if value is default and default is not _MISSING:
@@ -215,6 +242,10 @@ class Section:
                 raise self.error(f"environment variable {e.args[0]} is not set", key) from None
         return out
 
+    @overload
+    def str_map(self, key: _Str, default: _StrMap = ...) -> _StrMap: ...
+    @overload
+    def str_map(self, key: _Str, default: _T) -> _StrMap | _T: ...
     def str_map(self, key: _Str, default: Any = _MISSING) -> Any:
         value = self.raw(key, default)
         if value is default and default is not _MISSING:
@@ -233,6 +264,10 @@ class Section:
             raise self.error(f"expected a list, got {_describe(value)}", key)
         return [Section(item, f"{self.key_path(key)}[{i}]", self.file) for i, item in enumerate(value)]
 
+    @overload
+    def secret(self, key: _Str, default: _Str = ...) -> _Str: ...
+    @overload
+    def secret(self, key: _Str, default: _T) -> _Str | _T: ...
     def secret(self, key: _Str, default: Any = _MISSING) -> Any:
         """A secret given inline, as `{env: NAME}` or as `{file: PATH}` (re-read by the caller if it rotates)."""
         value = self.raw(key, default)
