@@ -18,6 +18,8 @@ auth, headers, buffer_max_bytes):
     max_label_values: 500                 # per label name; beyond it new values go to structured metadata
     tenant: "{kubernetes.namespace}"      # X-Scope-OrgID; a template (default: no header, single tenant)
     line: message                         # message (the record's `message`) or json (the whole record)
+    max_line_size: 256KiB                 # Loki's limits_config.max_line_size: longer lines are split
+    max_label_value_length: 2048          # Loki's validation max_label_value_length (bytes): longer values cut
 
 Templates use the `{dotted.field|fallback}` syntax of `logagent.delivery.FieldTemplate` (fallback is literal).
 
@@ -27,11 +29,18 @@ within each stream, hand-encoded here (field numbers from the schema) and snappy
 `{"streams": [{"stream": {...}, "values": [["<ns>", "<line>", {metadata}]]}]}`.
 
 Answers: 2xx accepted. 429 and 5xx (and transport errors) retried with backoff, honouring Retry-After. 400 means
-Loki refused some entries (too old, line too long, ...) and, like the real distributor, may have accepted the
-rest: the request is bisected (Loki drops exact duplicates of entries it already has, so resending the accepted
-half is harmless) until each refused entry stands alone, which is then dead-lettered with Loki's reason. When the
-answer says every entry was refused ("total ignored: N out of N") the whole request is dead-lettered at once.
-Other 4xx (401/403/404/413...) : 413 splits, the rest is dead-lettered and logged as an error.
+Loki refused some entries (too old, line too long, ...) and wrote all the others: `outputs/loki_answers.py` reads
+which entries its answer names, each is dead-lettered with the message that refused it (one error log line per
+distinct message), and nothing else is sent again — with Loki 3's stream sharding a resent entry can be stored
+twice. An answer naming no entry we can find dead-letters the request with Loki's text. Other 4xx: 413 splits,
+the rest (401/403/404...) is dead-lettered and logged as an error.
+
+Limits enforced before sending (Loki's defaults, configurable): a line longer than `max_line_size` bytes is split
+at UTF-8 boundaries into entries of at most that size, at consecutive nanoseconds, each with structured metadata
+`split_id` (shared) and `split_part` (`1/3`, `2/3`...), counted as flagged `line_split`; a label value longer
+than `max_label_value_length` bytes is cut, and U+FFFD or undecodable bytes are removed from label values
+(Loki refuses the stream otherwise), counted as flagged `label_sanitised` and warned once per label name.
+Record flags (`truncated`, `invalid_utf8`, ...) travel as structured metadata `flags` (comma-separated).
 
 Tenants: each tenant is its own lane in the delivery engine (own requests in flight, own retries), so one
 tenant's 429s or backlog never hold another tenant's records.
@@ -53,10 +62,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import xxhash
 
 from logagent import metrics
 from logagent.config import Section
 from logagent.delivery import (
+    ITEMS,
     OK,
     REJECT,
     RETRY,
@@ -73,6 +84,7 @@ from logagent.delivery import (
     retry_after_seconds,
     rfc3339_ns,
 )
+from logagent.outputs.loki_answers import refused
 from logagent.outputs.protowire import ld as _ld
 from logagent.outputs.protowire import varint as _varint
 from logagent.record import Batch
@@ -90,7 +102,12 @@ DEFAULT_METADATA = {"pod_uid": "{kubernetes.pod_uid}", "filename": "{path}"}
 # Loki's default limits.max_label_names_per_series.
 MAX_LABEL_NAMES = 15
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-_TOTAL_IGNORED = re.compile(r"total ignored: (\d+) out of (\d+)")
+# Loki's limits_config defaults: max_line_size 256KB (datasize: KB = 1024), max_label_value_length 2048.
+MAX_LINE_SIZE = 256 * 1024
+MAX_LABEL_VALUE_LENGTH = 2048
+_UNSAFE_LABEL_CHARS = re.compile("[\ud800-\udfff\ufffd]")
+# Reasons carry Loki's whole message (a long label value included), bounded.
+MAX_REASON = 4096
 
 # An item: (labels string, time ns, line, structured metadata as ((name, value), ...)).
 Item = tuple[str, int, str, tuple[tuple[str, str], ...]]
@@ -105,6 +122,8 @@ class LokiSettings:
     max_label_values: int
     tenant: str
     line: str
+    max_line_size: int = MAX_LINE_SIZE
+    max_label_value_length: int = MAX_LABEL_VALUE_LENGTH
 
 
 # -- protobuf hand-encoding (field numbers from logproto.proto) --------------------------------------------------
@@ -149,6 +168,10 @@ class LokiPush:
         self._seen: dict[str, set[str]] = {n: set() for n, _ in settings.labels}
         self._warned: set[str] = set()
         self._capped = metrics.FLAGGED.labels(component=name, flag="label_cardinality")
+        self._sanitised = metrics.FLAGGED.labels(component=name, flag="label_sanitised")
+        self._split = metrics.FLAGGED.labels(component=name, flag="line_split")
+        self._sanitised_warned: set[str] = set()
+        self.log = logging.getLogger(f"logagent.output.{name}")
         self.labels_cache: dict[str, dict[str, str]] = {}
         if http.compression == "snappy":
             self.headers = {"Content-Type": "application/x-protobuf"}
@@ -167,6 +190,10 @@ class LokiPush:
             value = tmpl.render(rec)
             if not value:
                 continue
+            if not value.isascii() or len(value) > self.settings.max_label_value_length // 4:
+                value = self._sanitise(name, value)
+                if not value:
+                    continue
             seen = self._seen[name]
             if value not in seen:
                 if len(seen) >= limit:
@@ -185,6 +212,44 @@ class LokiPush:
                 self.labels_cache.clear()
             self.labels_cache[labels] = dict(pairs) if pairs else {"job": "logagent"}
         return labels, tuple(moved)
+
+    def _sanitise(self, name: str, value: str) -> str:
+        """A label value Loki would refuse made acceptable: U+FFFD and undecodable bytes removed, cut to
+        `max_label_value_length` bytes at a character boundary. Counted; warned once per label name."""
+        clean = _UNSAFE_LABEL_CHARS.sub("", value)
+        raw = clean.encode("utf-8")
+        limit = self.settings.max_label_value_length
+        if len(raw) > limit:
+            clean = raw[:limit].decode("utf-8", "ignore")
+        if clean != value:
+            self._sanitised.inc()
+            if name not in self._sanitised_warned:
+                self._sanitised_warned.add(name)
+                self.log.warning("label value Loki would refuse was sanitised (U+FFFD/undecodable bytes removed, "
+                                 "cut to max_label_value_length)",
+                                 extra={"output": self.name, "label": name, "bytes": len(value.encode("utf-8",
+                                        "surrogateescape")), "max_label_value_length": limit})
+        return clean
+
+    def _split_line(self, labels: str, ts: int, line: str, md: tuple[tuple[str, str], ...]) -> list[Item]:
+        """A line over `max_line_size` bytes as several entries Loki accepts, linked by structured metadata."""
+        raw = line.encode("utf-8", "surrogateescape")
+        limit = self.settings.max_line_size
+        if len(raw) <= limit:
+            return [(labels, ts, line, md)]
+        pieces = []
+        start = 0
+        while start < len(raw):
+            end = min(start + limit, len(raw))
+            while end < len(raw) and end > start + 1 and (raw[end] & 0xC0) == 0x80:  # not inside a character
+                end -= 1
+            pieces.append(raw[start:end].decode("utf-8", "surrogateescape"))
+            start = end
+        split_id = xxhash.xxh64_hexdigest(b"%d\x00%s\x00%s" % (ts, labels.encode(), raw[:4096]))
+        n = len(pieces)
+        self._split.inc()
+        return [(labels, ts + i, p, md + (("split_id", split_id), ("split_part", f"{i + 1}/{n}")))
+                for i, p in enumerate(pieces)]
 
     def _metadata(self, rec: dict[str, Any]) -> tuple[tuple[str, str], ...]:
         out = []
@@ -211,12 +276,16 @@ class LokiPush:
         now = time.time_ns()
         records = batch.shipped() if (as_json or stream is None or md is None or tenant is None) else batch.records
         capped = 0
+        long_line = self.settings.max_line_size // 4  # fewer characters than this cannot exceed the byte limit
         for rec in records:
             labels, moved = stream if stream is not None else self._stream(rec)
             rmd = md if md is not None else self._metadata(rec)
             if moved:
                 rmd = rmd + moved
                 capped += 1
+            flags = rec.get("flags")
+            if flags:
+                rmd = rmd + (("flags", ",".join(map(str, flags))),)
             t = tenant if tenant is not None else (self.tenant.render(rec) if self.tenant else "")
             line = orjson.dumps(rec, default=str).decode() if as_json else rec.get("message", "")
             if not isinstance(line, str):
@@ -226,6 +295,11 @@ class LokiPush:
             if items is None:
                 items = by_tenant[t] = []
                 sizes[t] = 0
+            if len(line) > long_line:
+                pieces = self._split_line(labels, ts, line, rmd)
+                items.extend(pieces)
+                sizes[t] += len(line) + (len(labels) + 64) * len(pieces)
+                continue
             items.append((labels, ts, line, rmd))
             sizes[t] += len(line) + len(labels) + 24
         if capped:
@@ -272,11 +346,13 @@ class LokiPush:
         if r.status == 413:
             return Verdict(SPLIT, reason=f"request_too_large: HTTP 413: {text[:300]}")
         if r.status == 400:
-            reason = f"loki_400: {text[:500]}"
-            m = _TOTAL_IGNORED.search(text)
-            if len(items) > 1 and not (m and m.group(1) == m.group(2)):
-                return Verdict(SPLIT, reason=reason)
-            return Verdict(REJECT, reason=reason)
+            full = r.body.decode("utf-8", "replace").strip()
+            rejected, retry, causes = refused(items, full)
+            if not causes or (not rejected and not retry):
+                # Nothing in the answer names an entry we sent: what was written is unknown.
+                return Verdict(REJECT, reason=f"loki_400: {full}"[:MAX_REASON])
+            return Verdict(ITEMS, reason=f"loki_400: {len(rejected)} entries refused",
+                           reject=[(i, f"loki_400: {why}"[:MAX_REASON]) for i, why in rejected], retry=retry)
         return Verdict(REJECT, reason=f"http_{r.status}: {text[:300]}")
 
     def dead_record(self, key: str, item: Item) -> dict[str, Any]:
@@ -327,6 +403,8 @@ class LokiOutput(DeliveryOutput):
             max_label_values=section.int("max_label_values", 500, min=1),
             tenant=section.str("tenant", ""),
             line=section.str("line", "message", choices=("message", "json")),
+            max_line_size=section.size("max_line_size", MAX_LINE_SIZE),
+            max_label_value_length=section.int("max_label_value_length", MAX_LABEL_VALUE_LENGTH, min=16),
         )
         try:
             FieldTemplate(settings.tenant)
@@ -342,6 +420,6 @@ class LokiOutput(DeliveryOutput):
                                                  on_permanent=self._permanent)
 
     def _permanent(self, key: str, reason: str) -> None:
-        if not reason.startswith("loki_400"):
-            self.log.error("Loki refused a request for good; records dead-lettered",
-                           extra={"output": self.name, "tenant": key, "reason": reason[:300]})
+        """Called once per distinct reason of a response: one error line per cause, never silent."""
+        self.log.error("Loki refused entries for good; dead-lettered",
+                       extra={"output": self.name, "tenant": key, "reason": reason[:MAX_REASON]})

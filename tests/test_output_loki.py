@@ -1,11 +1,14 @@
 """The Loki output against a local push receiver that decodes snappy + protobuf (or JSON) and validates entries
 like Loki: labels from Kubernetes metadata, structured metadata, time order per stream, tenants in separate lanes,
-429/503 retried, 400 for too-old entries dead-lettered entry by entry with Loki's reason, resets and timeouts."""
+429/503 retried, partial 400s read entry by entry (nothing accepted resent), Loki's limits kept up front, resets and
+timeouts."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
+from logagent import metrics
 from logagent.delivery import rfc3339_ns
 from tests.helpers import async_wait_for
 from tests.receivers.harness import AckLedger, build_output, dead_letters, make_context, numbered_batches, run_output
@@ -78,29 +81,159 @@ async def test_json_encoding_with_gzip(tmp_path) -> None:
     assert sorted(ledger.acked) == [0, 1]
 
 
-async def test_too_old_entries_are_dead_lettered_one_by_one_with_lokis_reason(tmp_path) -> None:
+def _errors(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "logagent.output.out"]
+
+
+async def test_partial_400_stores_accepted_entries_once_and_dead_letters_each_refused_one(tmp_path, caplog) -> None:
+    """Loki 3 as deployed: stream sharding on (a resent entry lands in another __stream_shard__ and is stored
+    again), service_name discovered (the messages name labels we did not send), a GroupedErrors answer. Too old
+    (several in one second: "3 errors like: ..."), too new, too long and a stream whose label value is too long
+    are refused in the same requests; everything else must be stored exactly once."""
     ctx = make_context(tmp_path)
     ledger = AckLedger(lambda meta, r: True)
-    batches = numbered_batches(ledger, 2, 40, meta=kube("web-1"))
-    old = {r["message"] for b in batches for r in b.records if r["offset"] // 100 in (3, 17, 41, 42)}
-    for b in batches:
+    web = numbered_batches(ledger, 2, 40, meta=kube("web-1"))
+    api = numbered_batches(ledger, 1, 40, meta=kube("api-0", app="api"), source_id="file:api",
+                           message=lambda i: f"api {i}")
+    bad_stream = numbered_batches(ledger, 1, 5, meta=kube("x" * 2100, app="big"), source_id="file:big",
+                                  message=lambda i: f"big pod line {i}")
+    cause: dict[str, str] = {}
+    for b in web + api:
         for r in b.records:
-            if r["message"] in old:
-                r["time"] = "2024-04-01T00:00:00Z"  # a month behind: Loki refuses it
-    rec = await LokiReceiver(reject_before_ns=rfc3339_ns("2024-05-01T00:00:00Z")).start()
-    out = build_output("loki", _settings(rec.url, batch={"max_records": 40, "max_wait": "20ms"}), ctx)
-    await run_output(out, batches)
+            n = r["offset"] // 100
+            if n in (3, 4, 5) or n == 61:
+                r["time"] = f"2024-04-01T00:00:00.{n:09d}Z" if n != 61 else "2024-04-01T00:00:07Z"
+                cause[r["message"]] = "has timestamp too old"
+            elif n in (17, 42):
+                r["time"] = "2024-06-01T00:00:00Z"
+                cause[r["message"]] = "has timestamp too new"
+            elif n == 20:
+                r["message"] = r["message"] + " " + "L" * 5000
+                cause[r["message"]] = "Max entry size '4096' bytes exceeded"
+    for r in bad_stream[0].records:
+        cause[r["message"]] = "has label value too long"
+    rec = await LokiReceiver(reject_before_ns=rfc3339_ns("2024-05-01T00:00:00Z"),
+                             reject_after_ns=rfc3339_ns("2024-05-02T00:00:00Z"), max_line_bytes=4096,
+                             discover_service_name=True, shard_streams=3).start()
+    # The output believes in bigger limits than this Loki has: Loki's refusals decide.
+    out = build_output("loki", _settings(rec.url, batch={"max_records": 200, "max_wait": "20ms"},
+                                         max_label_value_length=4096), ctx)
+    with caplog.at_level(logging.WARNING):
+        await run_output(out, [*web, *api, *bad_stream])
     await rec.stop()
 
+    every = [r["message"] for b in [*web, *api, *bad_stream] for r in b.records]
+    stored = _stored_index(rec)  # asserts nothing is stored twice, across shards
+    assert sorted(line for (_, _, line) in stored) == sorted(m for m in every if m not in cause)
+    assert rec.duplicates == 0 and any("__stream_shard__" in dict(labels) for (_, labels) in rec.streams)
+    dl = dead_letters(ctx)
+    assert sorted(d["record"]["line"] for d in dl) == sorted(cause)  # each refused line once
+    for d in dl:
+        assert cause[d["record"]["line"]] in d["reason"], d["reason"][:200]
+        assert any(d["reason"].removeprefix("loki_400: ").removeprefix("3 errors like: ") in body
+                   or d["reason"].removeprefix("loki_400: ") in body for _, body in rec.answers)
+    too_old_same_second = {d["reason"] for d in dl if d["record"]["line"] in {"line 3", "line 4", "line 5"}}
+    assert len(too_old_same_second) == 1 and "3 errors like: " in next(iter(too_old_same_second))
+    long_label = [d for d in dl if "label value too long" in d["reason"]]
+    assert "x" * 2100 in long_label[0]["reason"]  # the whole value, not cut at 500 characters
+    # one error line per cause, naming it
+    errors = _errors(caplog)
+    assert sorted(e.reason for e in errors) == sorted({d["reason"] for d in dl})
+    assert sorted(ledger.acked) == [0, 0, 0, 1] and ledger.violations == []
+
+
+async def test_ingester_refusals_beyond_the_listed_ten_are_found_by_the_oldest_acceptable_time(tmp_path) -> None:
+    ctx = make_context(tmp_path)
+    ledger = AckLedger(lambda meta, r: True)
+    batches = numbered_batches(ledger, 1, 40, meta=kube("web-1"))
+    behind = set()
+    for r in batches[0].records[:15]:  # 15 refused by the ingester; its answer lists 10 of them
+        r["time"] = r["time"].replace("2024-05-01T10", "2024-05-01T08")
+        behind.add(r["message"])
+    batches += numbered_batches(ledger, 1, 10, meta=kube("api-0", app="api"), source_id="file:api",
+                                message=lambda i: f"api {i}")
+    rec = await LokiReceiver(ingester_behind_ns=rfc3339_ns("2024-05-01T09:00:00Z")).start()
+    out = build_output("loki", _settings(rec.url, batch={"max_records": 100, "max_wait": "20ms"}), ctx)
+    await run_output(out, batches)
+    await rec.stop()
+    assert "total ignored: 15 out of 40" in rec.answers[0][1] and rec.answers[0][1].count("ignored, reason") == 10
     stored = _stored_index(rec)
     assert sorted(line for (_, _, line) in stored) == sorted(
-        r["message"] for b in batches for r in b.records if r["message"] not in old)
+        r["message"] for b in batches for r in b.records if r["message"] not in behind)
     dl = dead_letters(ctx)
-    assert sorted(d["record"]["line"] for d in dl) == sorted(old)
-    assert all(d["reason"].startswith("loki_400: entry with timestamp") and "entry too far behind" in d["reason"]
-               for d in dl)
-    assert all('pod="web-1"' in d["record"]["labels"] for d in dl)
-    assert sorted(ledger.acked) == [0, 1]
+    assert sorted(d["record"]["line"] for d in dl) == sorted(behind)
+    assert all("entry too far behind" in d["reason"] for d in dl)
+
+
+async def test_an_answer_naming_no_entry_dead_letters_the_request_loudly(tmp_path, caplog) -> None:
+    rec = await LokiReceiver().start()
+    rec.plan = [("status", 400, {}, b"tenant 'shop/../x' is not a valid tenant ID\n")]
+    ctx = make_context(tmp_path)
+    ledger = AckLedger(lambda meta, r: True)
+    out = build_output("loki", _settings(rec.url), ctx)
+    with caplog.at_level(logging.ERROR):
+        await run_output(out, numbered_batches(ledger, 1, 10, meta=kube("web-1")))
+    await rec.stop()
+    dl = dead_letters(ctx)
+    assert len(dl) == 10 and {d["reason"] for d in dl} == {"loki_400: tenant 'shop/../x' is not a valid tenant ID"}
+    assert [e.reason for e in _errors(caplog)] == ["loki_400: tenant 'shop/../x' is not a valid tenant ID"]
+
+
+async def test_a_300kb_line_arrives_whole_in_pieces_loki_accepts(tmp_path) -> None:
+    rec = await LokiReceiver().start()  # Loki's default max_line_size: 256 KiB
+    ctx = make_context(tmp_path)
+    ledger = AckLedger(lambda meta, r: True)
+    big = ("é" * 7 + "x") * 34_000  # 306,000 bytes, multi-byte characters across the cut points
+    batches = numbered_batches(ledger, 1, 3, meta=kube("web-1"), message=lambda i: big if i == 1 else f"line {i}")
+    before = metrics.FLAGGED.labels(component="out", flag="line_split")._value.get()
+    out = build_output("loki", _settings(rec.url), ctx)
+    await run_output(out, batches)
+    await rec.stop()
+    assert dead_letters(ctx) == [] and rec.answers == []
+    got = rec.stored("")
+    pieces = sorted((md for _, _, _, md in got if "split_id" in md), key=lambda md: md["split_part"])
+    lines = {(ts, line): md for _, ts, line, md in got}
+    parts = sorted(((ts, line) for (ts, line), md in lines.items() if "split_id" in md))
+    assert [md["split_part"] for md in pieces] == ["1/2", "2/2"] and len({md["split_id"] for md in pieces}) == 1
+    assert all(len(line.encode()) <= 256 * 1024 for _, line in parts)
+    assert "".join(line for _, line in parts) == big
+    assert parts[0][0] == rfc3339_ns(batches[0].records[1]["time"])  # the first piece keeps the record's time
+    assert sorted(line for _, _, line, md in got if "split_id" not in md) == ["line 0", "line 2"]
+    assert metrics.FLAGGED.labels(component="out", flag="line_split")._value.get() == before + 1
+
+
+async def test_label_values_loki_would_refuse_are_sanitised_and_counted(tmp_path, caplog) -> None:
+    rec = await LokiReceiver().start()
+    ctx = make_context(tmp_path)
+    ledger = AckLedger(lambda meta, r: True)
+    before = metrics.FLAGGED.labels(component="out", flag="label_sanitised")._value.get()
+    batches = numbered_batches(ledger, 1, 4, meta=kube("web-\ufffd1", app="a" * 3000))
+    out = build_output("loki", _settings(rec.url), ctx)
+    with caplog.at_level(logging.WARNING):
+        await run_output(out, batches)
+    await rec.stop()
+    assert dead_letters(ctx) == [] and rec.answers == []
+    labels = {frozenset(lbl.items()) for lbl, *_ in rec.stored("")}
+    assert len(labels) == 1
+    got = dict(next(iter(labels)))
+    assert got["pod"] == "web-1" and got["app"] == "a" * 2048
+    assert metrics.FLAGGED.labels(component="out", flag="label_sanitised")._value.get() == before + 2
+    warned = [r for r in caplog.records if "sanitised" in r.getMessage()]
+    assert sorted(r.label for r in warned) == ["app", "pod"]
+
+
+async def test_record_flags_travel_as_structured_metadata(tmp_path) -> None:
+    rec = await LokiReceiver().start()
+    ctx = make_context(tmp_path)
+    ledger = AckLedger(lambda meta, r: True)
+    batches = numbered_batches(ledger, 1, 3, meta=kube("web-1"))
+    batches[0].records[0]["flags"] = ["truncated"]
+    batches[0].records[1]["flags"] = ["truncated", "invalid_utf8"]
+    out = build_output("loki", _settings(rec.url), ctx)
+    await run_output(out, batches)
+    await rec.stop()
+    flags = {line: md.get("flags") for _, _, line, md in rec.stored("")}
+    assert flags == {"line 0": "truncated", "line 1": "truncated,invalid_utf8", "line 2": None}
 
 
 async def test_429_with_retry_after_and_503_are_retried(tmp_path) -> None:
