@@ -421,5 +421,6 @@ class LokiOutput(DeliveryOutput):
 
     def _permanent(self, key: str, reason: str) -> None:
         """Called once per distinct reason of a response: one error line per cause, never silent."""
-        self.log.error("Loki refused entries for good; dead-lettered",
-                       extra={"output": self.name, "tenant": key, "reason": reason[:MAX_REASON]})
+        message = ("Loki refused entries; those it named are dead-lettered" if reason.startswith("loki_400")
+                   else "Loki refused a request for good; records dead-lettered")
+        self.log.error(message, extra={"output": self.name, "tenant": key, "reason": reason[:MAX_REASON]})
