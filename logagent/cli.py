@@ -86,14 +86,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
     import yaml
 
     from logagent.config import ConfigError, load_config
+    from logagent.configdump import resolved_config
 
     try:
         cfg = load_config(args.config)
     except ConfigError as e:
         print(f"logagent: config error: {e}", file=sys.stderr)
         return 2
-    print(f"# {cfg.file}: OK")
-    print(yaml.safe_dump(cfg.raw, sort_keys=False), end="")
+    print(f"# {cfg.file}: OK. Resolved: defaults filled in, ${{VAR}} expanded, secrets masked.")
+    print(yaml.safe_dump(resolved_config(cfg), sort_keys=False), end="")
     return 0
 
 

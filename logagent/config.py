@@ -1,324 +1,24 @@
-"""Configuration: YAML loading and path-aware validation.
+"""Configuration: the agent's document (inputs, pipeline, outputs, limits, http) and YAML loading.
 
-Every component reads its settings through a `Section`, which knows the file and the key path it came from, so
-that any mistake is reported as `FILE: outputs[1].batch.max_bytes: expected a size like "5MiB", got "lots"`.
-Settings are validated once, at load time, into frozen dataclasses; nothing in the hot path walks dicts.
+Every component reads its settings through a `Section` (logagent.section), which knows the file and the key path
+it came from, so that any mistake is reported as `FILE: outputs[1].batch.max_bytes: expected a size like "5MiB",
+got "lots"`. Settings are validated once, at load time, into frozen dataclasses; nothing in the hot path walks dicts.
 """
 
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeAlias, TypeVar, overload
+from typing import Any
 
 import yaml
 
-
-class ConfigError(Exception):
-    """A configuration mistake; the message names the file and the key path."""
-
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)[bB]?\s*$")
-_SIZE_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|us|s|m|h|d)")
-_DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def parse_size(value: Any) -> int:
-    """'5MiB' -> 5242880, '10MB' -> 10000000, 4096 -> 4096. Raises ValueError."""
-    if isinstance(value, bool):
-        raise ValueError
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError
-        return value
-    m = _SIZE_RE.match(str(value))
-    if not m:
-        raise ValueError
-    number, unit, binary = m.groups()
-    base = 1024 if (binary or unit == "") else 1000
-    return int(float(number) * base ** _SIZE_UNITS[unit.lower()])
-
-
-def parse_duration(value: Any) -> float:
-    """'1.5s', '250ms', '1m30s', 5 (seconds) -> seconds as float. Raises ValueError."""
-    if isinstance(value, bool):
-        raise ValueError
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError
-        return float(value)
-    text = str(value).strip()
-    pos, total = 0, 0.0
-    for m in _DURATION_RE.finditer(text):
-        if m.start() != pos:
-            raise ValueError
-        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-        pos = m.end()
-    if pos != len(text) or pos == 0:
-        raise ValueError
-    return total
-
-
-def expand_env(text: str) -> str:
-    """`${VAR}` and `${VAR:-default}` in config values; an unset variable without default is an error."""
-
-    def sub(m: re.Match[str]) -> str:
-        name, default = m.group(1), m.group(2)
-        if name in os.environ:
-            return os.environ[name]
-        if default is not None:
-            return default
-        raise KeyError(name)
-
-    return _ENV_RE.sub(sub, text)
-
-
-_MISSING = object()
-
-
-# Section has methods named str, int, float and bool (the typed getters); annotations inside it use these.
-_Str: TypeAlias = str
-_Int: TypeAlias = int
-_Float: TypeAlias = float
-_Bool: TypeAlias = bool
-_StrList: TypeAlias = list[str]
-_StrMap: TypeAlias = dict[str, str]
-_T = TypeVar("_T")
-
-
-class Section:
-    """A mapping from the config file with the key path it sits at."""
-
-    def __init__(self, data: Any, path: _Str, file: _Str) -> None:
-        self.file = file
-        self.path = path
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise self.error(f"expected a mapping, got {_describe(data)}", here=True)
-        self.data: dict[str, Any] = data
-        self._used: set[str] = set()
-
-    # -- errors ---------------------------------------------------------------------------------------------
-    def key_path(self, key: _Str | _Int | None = None) -> _Str:
-        if key is None:
-            return self.path or "<top>"
-        if isinstance(key, int):
-            return f"{self.path}[{key}]"
-        return f"{self.path}.{key}" if self.path else key
-
-    def error(self, message: _Str, key: _Str | _Int | None = None, here: _Bool = False) -> ConfigError:
-        where = self.key_path(None if here else key)
-        return ConfigError(f"{self.file}: {where}: {message}")
-
-    # -- access ---------------------------------------------------------------------------------------------
-    def has(self, key: _Str) -> _Bool:
-        return key in self.data
-
-    def raw(self, key: _Str, default: Any = _MISSING) -> Any:
-        self._used.add(key)
-        if key in self.data and self.data[key] is not None:
-            value = self.data[key]
-            if isinstance(value, str):
-                try:
-                    value = expand_env(value)
-                except KeyError as e:
-                    raise self.error(f"environment variable {e.args[0]} is not set", key) from None
-            return value
-        if default is _MISSING:
-            raise self.error("is required", key)
-        return default
-
-    @overload
-    def str(self, key: _Str, default: _Str = ..., choices: tuple[_Str, ...] | None = None) -> _Str: ...
-    @overload
-    def str(self, key: _Str, default: _T, choices: tuple[_Str, ...] | None = None) -> _Str | _T: ...
-    def str(self, key: _Str, default: Any = _MISSING, choices: tuple[_Str, ...] | None = None) -> Any:
-        value = self.raw(key, default)
-        if value is default and default is not _MISSING:
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value)
-        if not isinstance(value, str):
-            raise self.error(f"expected a string, got {_describe(value)}", key)
-        if choices is not None and value not in choices:
-            raise self.error(f"expected one of {', '.join(choices)}, got {value!r}", key)
-        return value
-
-    @overload
-    def int(self, key: _Str, default: _Int = ..., min: _Int | None = None, max: _Int | None = None) -> _Int: ...
-    @overload
-    def int(self, key: _Str, default: _T, min: _Int | None = None, max: _Int | None = None) -> _Int | _T: ...
-    def int(self, key: _Str, default: Any = _MISSING, min: _Int | None = None, max: _Int | None = None) -> Any:
-        value = self.raw(key, default)
-        if value is default and default is not _MISSING:
-            return value
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-                value = int(value)
-            else:
-                raise self.error(f"expected an integer, got {_describe(value)}", key)
-        if min is not None and value < min:
-            raise self.error(f"must be at least {min}, got {value}", key)
-        if max is not None and value > max:
-            raise self.error(f"must be at most {max}, got {value}", key)
-        return value
-
-    @overload
-    def float(self, key: _Str, default: _Float = ..., min: _Float | None = None) -> _Float: ...
-    @overload
-    def float(self, key: _Str, default: _T, min: _Float | None = None) -> _Float | _T: ...
-    def float(self, key: _Str, default: Any = _MISSING, min: _Float | None = None) -> Any:
-        value = self.raw(key, default)
-        if value is default and default is not _MISSING:
-            return value
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            value = float(value)
-        except (TypeError, ValueError):
-            raise self.error(f"expected a number, got {_describe(value)}", key) from None
-        if min is not None and value < min:
-            raise self.error(f"must be at least {min}, got {value}", key)
-        return value
-
-    def bool(self, key: _Str, default: _Bool | object = _MISSING) -> _Bool:
-        value = self.raw(key, default)
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
-            return value.lower() in ("true", "yes", "on", "1")
-        raise self.error(f"expected true or false, got {_describe(value)}", key)
-
-    @overload
-    def size(self, key: _Str, default: _Int | _Str = ...) -> _Int: ...
-    @overload
-    def size(self, key: _Str, default: _T) -> _Int | _T: ...
-    def size(self, key: _Str, default: Any = _MISSING) -> Any:
-        value = self.raw(key, default)
-        if value is default and default is not _MISSING and not isinstance(default, str):
-            return value
-        try:
-            return parse_size(value)
-        except ValueError:
-            raise self.error(f'expected a size like "5MiB", got {_describe(value)}', key) from None
-
-    @overload
-    def duration(self, key: _Str, default: _Float | _Str = ...) -> _Float: ...
-    @overload
-    def duration(self, key: _Str, default: _T) -> _Float | _T: ...
-    def duration(self, key: _Str, default: Any = _MISSING) -> Any:
-        value = self.raw(key, default)
-        if value is default and default is not _MISSING and not isinstance(default, str):
-            return value
-        try:
-            return parse_duration(value)
-        except ValueError:
-            raise self.error(f'expected a duration like "5s" or "250ms", got {_describe(value)}', key) from None
-
-    @overload
-    def str_list(self, key: _Str, default: _StrList = ...) -> _StrList: ...
-    @overload
-    def str_list(self, key: _Str, default: _T) -> _StrList | _T: ...
-    def str_list(self, key: _Str, default: Any = _MISSING) -> Any:
-        value = self.raw(key, default)
-        if value is default and default is not _MISSING:
-            return value
-        if isinstance(value, str):
-            return [value]
-        if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
-            raise self.error(f"expected a string or a list of strings, got {_describe(value)}", key)
-        out = []
-        for v in value:
-            try:
-                out.append(expand_env(str(v)))
-            except KeyError as e:
-                raise self.error(f"environment variable {e.args[0]} is not set", key) from None
-        return out
-
-    @overload
-    def str_map(self, key: _Str, default: _StrMap = ...) -> _StrMap: ...
-    @overload
-    def str_map(self, key: _Str, default: _T) -> _StrMap | _T: ...
-    def str_map(self, key: _Str, default: Any = _MISSING) -> Any:
-        value = self.raw(key, default)
-        if value is default and default is not _MISSING:
-            return value
-        if not isinstance(value, dict):
-            raise self.error(f"expected a mapping, got {_describe(value)}", key)
-        return {str(k): "" if v is None else str(v) for k, v in value.items()}
-
-    def section(self, key: _Str, required: _Bool = False) -> Section:
-        value = self.raw(key, _MISSING if required else None)
-        return Section(value, self.key_path(key), self.file)
-
-    def sections(self, key: _Str) -> list[Section]:
-        value = self.raw(key, [])
-        if not isinstance(value, list):
-            raise self.error(f"expected a list, got {_describe(value)}", key)
-        return [Section(item, f"{self.key_path(key)}[{i}]", self.file) for i, item in enumerate(value)]
-
-    @overload
-    def secret(self, key: _Str, default: _Str = ...) -> _Str: ...
-    @overload
-    def secret(self, key: _Str, default: _T) -> _Str | _T: ...
-    def secret(self, key: _Str, default: Any = _MISSING) -> Any:
-        """A secret given inline, as `{env: NAME}` or as `{file: PATH}` (re-read by the caller if it rotates)."""
-        value = self.raw(key, default)
-        if value is default and default is not _MISSING:
-            return value
-        if isinstance(value, dict):
-            sub = Section(value, self.key_path(key), self.file)
-            if sub.has("env"):
-                name = sub.str("env")
-                if name not in os.environ:
-                    raise sub.error(f"environment variable {name} is not set", "env")
-                sub.done()
-                return os.environ[name]
-            if sub.has("file"):
-                path = sub.str("file")
-                try:
-                    text = Path(path).read_text().strip()
-                except OSError as e:
-                    raise sub.error(f"cannot read secret file {path}: {e.strerror}", "file") from None
-                sub.done()
-                return text
-            raise self.error("expected a string, {env: NAME} or {file: PATH}", key)
-        if not isinstance(value, str):
-            raise self.error(f"expected a string, got {_describe(value)}", key)
-        return value
-
-    def done(self) -> None:
-        """Reject keys nobody asked for: a typo must not be silently ignored."""
-        unknown = sorted(set(self.data) - self._used)
-        if unknown:
-            known = ", ".join(sorted(self._used)) or "none"
-            raise self.error(f"unknown key (known keys here: {known})", unknown[0])
-
-    def __iter__(self) -> Iterator[_Str]:
-        return iter(self.data)
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, str):
-        return repr(value) if value else "an empty string"
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return f"a {type(value).__name__}"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Whole-file config
+from logagent.section import ConfigError as ConfigError
+from logagent.section import Section as Section
+from logagent.section import parse_duration as parse_duration
+from logagent.section import parse_size as parse_size
 
 
 @dataclass(frozen=True)
@@ -369,6 +69,7 @@ class AgentConfig:
     http: Section  # metrics/health server settings, read by logagent.http
     log_level: str
     raw: dict[str, Any]
+    top: Section  # the document: after validation its `resolved` values are what `logagent check` prints
 
 
 def _components(top: Section, key: str, kind: str, registry: dict[str, str]) -> tuple[ComponentConfig, ...]:
@@ -418,6 +119,7 @@ def parse_config(data: Any, file: str) -> AgentConfig:
         http=top.section("http"),
         log_level=top.str("log_level", "info", choices=("debug", "info", "warning", "error")),
         raw=top.data,
+        top=top,
     )
     if not cfg.inputs:
         raise top.error("at least one input is required", "inputs")
@@ -434,7 +136,18 @@ def load_yaml(text: str, file: str) -> Any:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(f"{file}: {where}invalid YAML: {problem}") from None
+        raise ConfigError(f"{file}: {where}invalid YAML: {problem}{_flow_hint(text, e)}") from None
+
+
+def _flow_hint(text: str, e: yaml.YAMLError) -> str:
+    """`paths: [${DIR}/*.log]` is a YAML error (the `{` opens a nested flow mapping): say how to write it."""
+    lines = text.splitlines()
+    marks = [getattr(e, "problem_mark", None), getattr(e, "context_mark", None)]
+    for mark in marks:
+        if mark is not None and mark.line < len(lines) and "${" in lines[mark.line]:
+            return ('; hint: inside [...] or {...} a ${VAR} must be quoted, e.g. ["${LOG_DIR}/*.log"], '
+                    'or use the block style (one "- item" or "key: value" per line)')
+    return ""
 
 
 def _writable_dir(path: str) -> bool:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
+import yaml
 
 from logagent.config import ConfigError, Section, load_yaml, parse_config, parse_duration, parse_size
 
@@ -128,8 +130,94 @@ def test_check_command_prints_resolved_config(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-m", "logagent", "check", "-c", str(cfg)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith(f"# {cfg}: OK\n")
+    assert proc.stdout.startswith(f"# {cfg}: OK.")
     assert f"path: {tmp_path}/out.jsonl" in proc.stdout
+
+
+def _check(tmp_path, text: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(textwrap.dedent(text))
+    return subprocess.run([sys.executable, "-m", "logagent", "check", "-c", str(cfg)], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, **(env or {})})
+
+
+def test_check_prints_the_config_resolved_with_secrets_masked(tmp_path) -> None:
+    proc = _check(tmp_path, f"""
+        state_dir: ${{TEST_STATE:-{tmp_path}/state}}
+        inputs:
+          - type: file
+            paths: ["${{TEST_LOGS}}/*.log"]
+        outputs:
+          - type: elasticsearch
+            url: http://127.0.0.1:9200
+            auth: {{user: elastic, password: hunter2}}
+            headers: {{Authorization: Bearer abc123, X-Team: logs}}
+          - type: loki
+            url: http://127.0.0.1:3100
+            auth: {{bearer_token: {{env: TEST_TOKEN}}}}
+    """, env={"TEST_LOGS": "/srv/app", "TEST_TOKEN": "tok-secret-42"})
+    assert proc.returncode == 0, proc.stderr
+    doc = yaml.safe_load(proc.stdout)
+    assert doc["state_dir"] == f"{tmp_path}/state"  # ${VAR:-default} expanded
+    assert doc["dead_letter_path"] == f"{tmp_path}/state/dead-letter.jsonl"  # a default that was not written
+    assert doc["grace_period"] == 10.0 and doc["limits"]["batch_max_records"] == 4096
+    file_in = doc["inputs"][0]
+    assert file_in["paths"] == ["/srv/app/*.log"] and file_in["name"] == "file" and file_in["read_from"] == "head"
+    es, loki = doc["outputs"]
+    assert es["auth"] == {"user": "elastic", "password": "***"}
+    assert es["headers"] == {"Authorization": "***", "X-Team": "logs"}
+    assert es["batch"]["max_records"] == 5000 and es["compression"] == "gzip"
+    assert loki["auth"] == {"bearer_token": {"env": "TEST_TOKEN"}}  # the reference, never the value
+    assert doc["http"]["address"] == "127.0.0.1:2020"
+    for secret in ("hunter2", "abc123", "tok-secret-42"):
+        assert secret not in proc.stdout
+
+
+def test_check_masks_sls_keys_read_as_secrets(tmp_path) -> None:
+    proc = _check(tmp_path, """
+        inputs: [{type: file, paths: [/x.log]}]
+        outputs:
+          - {type: sls, endpoint: cn-hangzhou.log.aliyuncs.com, project: p, logstore: s, access_key_id: AKID1,
+             access_key_secret: very-secret}
+    """)
+    assert proc.returncode == 0, proc.stderr
+    sls = yaml.safe_load(proc.stdout)["outputs"][0]
+    assert sls["access_key_id"] == "***" and sls["access_key_secret"] == "***"
+    assert "very-secret" not in proc.stdout and "AKID1" not in proc.stdout
+
+
+def test_a_misspelt_required_key_is_reported_as_the_unknown_key(tmp_path) -> None:
+    proc = _check(tmp_path, """
+        inputs:
+          - type: file
+            path: /var/log/app.log
+        outputs: [{type: stdout}]
+    """)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"logagent: config error: {tmp_path}/agent.yaml: inputs[0].path: unknown key "
+                                   "(did you mean paths?)")
+
+
+def test_a_required_key_that_is_simply_missing_is_still_required(tmp_path) -> None:
+    proc = _check(tmp_path, "inputs: [{type: file, tag: x}]\noutputs: [{type: stdout}]\n")
+    assert proc.returncode == 2
+    assert f"{tmp_path}/agent.yaml: inputs[0].paths: is required" in proc.stderr
+
+
+def test_unquoted_var_in_a_flow_list_gets_a_hint(tmp_path) -> None:
+    proc = _check(tmp_path, "inputs: [{type: file, paths: [${LOG_DIR}/*.log]}]\noutputs: [{type: stdout}]\n")
+    assert proc.returncode == 2
+    assert "agent.yaml: line 1, column 32: invalid YAML: expected ',' or ']', but got '{'" in proc.stderr
+    assert 'hint: inside [...] or {...} a ${VAR} must be quoted, e.g. ["${LOG_DIR}/*.log"]' in proc.stderr
+    # quoted as the hint says, the same config is valid
+    proc = _check(tmp_path, 'inputs: [{type: file, paths: ["${LOG_DIR}/*.log"]}]\noutputs: [{type: stdout}]\n',
+                  env={"LOG_DIR": "/srv"})
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_yaml_errors_without_a_var_get_no_hint(tmp_path) -> None:
+    proc = _check(tmp_path, "inputs: [{type: file, paths: [/x.log]}\noutputs: [{type: stdout}]\n")
+    assert proc.returncode == 2 and "invalid YAML" in proc.stderr and "hint" not in proc.stderr
 
 
 def test_unreadable_config_file_is_a_clear_error(tmp_path) -> None:
