@@ -22,6 +22,7 @@ PLUGIN_COMMANDS = {
 def _cmd_run(args: argparse.Namespace) -> int:
     from logagent import selflog
     from logagent.config import ConfigError, load_config
+    from logagent.http import ListenError
     from logagent.pipeline import run_agent
 
     try:
@@ -38,7 +39,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         runner = asyncio.run
     _tune_memory()
     _tune_gc()
-    return int(runner(run_agent(cfg)))
+    try:
+        return int(runner(run_agent(cfg)))
+    except ListenError as e:
+        print(f"logagent: cannot start: {cfg.file}: {e}", file=sys.stderr)
+        return 1
 
 
 def _tune_memory() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,8 +122,14 @@ HealthCheck = Callable[[], tuple[bool, str]]
 ReadinessCheck = Callable[[], tuple[bool, dict[str, str]]]
 
 
+class ListenError(Exception):
+    """The http server cannot bind its address: the agent does not start (the DaemonSet's probes would kill an
+    agent running without its endpoints later, for a reason much harder to see)."""
+
+
 class HealthServer:
-    """aiohttp.web server for the three endpoints; `start` binds (raising OSError if it cannot), `stop` closes."""
+    """aiohttp.web server for the three endpoints; `start` binds (raising ListenError if it cannot), `stop`
+    closes."""
 
     def __init__(self, settings: HttpSettings, health: HealthCheck, readiness: ReadinessCheck) -> None:
         self.settings = settings
@@ -143,6 +150,13 @@ class HealthServer:
         site = web.TCPSite(runner, self.settings.host or None, self.settings.port, reuse_address=True)
         try:
             await site.start()
+        except OSError as e:
+            await runner.cleanup()
+            address = f"[{self.settings.host}]:{self.settings.port}" if ":" in self.settings.host \
+                else f"{self.settings.host}:{self.settings.port}"
+            raise ListenError(f"http.address: cannot listen on {address} for /metrics, /healthz and /readyz: "
+                              f"{os.strerror(e.errno) if e.errno else e}. Free the port or set another http.address "
+                              "(http.enabled: false runs without the endpoints)") from None
         except BaseException:
             await runner.cleanup()
             raise

@@ -52,9 +52,11 @@ CONFIG_RELOADS = Counter(
     "logagent_config_reloads_total", "Config reloads by result (applied, rejected)", ["result"], registry=REGISTRY
 )
 CONFIG_LAST_RELOAD_OK = Gauge(
-    "logagent_config_last_reload_successful", "1 if the last config reload was applied, 0 if rejected",
+    "logagent_config_last_reload_successful",
+    "1 if the last config reload was applied, 0 if rejected (1 at start: the config the agent started with)",
     registry=REGISTRY,
 )
+CONFIG_LAST_RELOAD_OK.set(1)
 KMSG_LOST = Counter(
     "logagent_kmsg_lost_records_total",
     "Kernel log records overwritten in the ring buffer before the kmsg input read them (sequence gaps)",

@@ -398,14 +398,8 @@ class Pipeline:
         ops.stall_timeout = settings.stall_timeout
         if settings.enabled:
             server = HealthServer(settings, self.health, self.readiness)
-            try:
-                await server.start()
-                ops.server = server
-            except OSError as e:
-                # Collecting logs matters more than exposing metrics: keep running, loudly.
-                metrics.ERRORS.labels(component="http", kind="listen_failed").inc()
-                log.error("http server cannot listen; running without /metrics, /healthz and /readyz",
-                          extra={"address": f"{settings.host}:{settings.port}", "error": str(e)})
+            await server.start()  # ListenError: the agent does not start (logagent.cli says why)
+            ops.server = server
 
     def _operations_ready(self) -> None:
         from logagent.reload import write_pidfile

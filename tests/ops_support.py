@@ -52,6 +52,16 @@ class Agent:
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
+    def stop_when_exited(self, timeout: float = 30.0) -> int:
+        """Wait for the agent to exit on its own (a start that fails); kill it if it does not."""
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._stderr.close()
+
     def stop(self, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -154,25 +154,41 @@ def test_readyz_and_healthz_answer_json_and_404_elsewhere(tmp_path):
         assert agent.stop() == 0
 
 
-def test_an_address_in_use_is_logged_and_counted_and_the_agent_keeps_collecting(tmp_path):
+def test_an_address_in_use_stops_the_start_with_a_clear_message(tmp_path):
     import socket
 
     logs = tmp_path / "logs"
     logs.mkdir()
+    write_lines(logs / "a.log", ["not read: the agent does not start"])
     out = tmp_path / "out.jsonl"
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         host, port = taken.getsockname()
-        agent = Agent(agent_config(tmp_path, logs, out, address=f"{host}:{port}"), tmp_path)
-        try:
-            wait_for(lambda: agent.logged("http server cannot listen; running without /metrics, /healthz and "
-                                          "/readyz"), 20, 0.05, "the listen error logged")
-            write_lines(logs / "a.log", ["still collected"])
-            wait_for(lambda: [r["message"] for r in read_jsonl(out)] == ["still collected"], 20, 0.05,
-                     "the line shipped without the http server")
-        finally:
-            assert agent.stop() == 0
+        config = agent_config(tmp_path, logs, out, address=f"{host}:{port}")
+        agent = Agent(config, tmp_path)
+        rc = agent.stop_when_exited(60)
+    assert rc == 1
+    err = agent.stderr_path.read_text()
+    assert (f"logagent: cannot start: {config}: http.address: cannot listen on {host}:{port} for /metrics, "
+            "/healthz and /readyz: address already in use") in err.lower()
+    assert "Traceback" not in err
+    assert not out.exists() or read_jsonl(out) == []
+
+
+def test_config_reload_gauge_reads_1_at_start(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    agent = Agent(agent_config(tmp_path, logs, tmp_path / "out.jsonl"), tmp_path)
+    try:
+        base = agent_base_url(agent)
+        wait_http_up(base)
+        s = scrape(base)
+        assert ("logagent_config_last_reload_successful", ()) in s
+        assert sample(s, "logagent_config_last_reload_successful") == 1
+        assert sample(s, "logagent_config_reloads_total", result="rejected") == 0
+    finally:
+        assert agent.stop() == 0
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -38,6 +38,38 @@ def test_logagent_cat_reproduces_expected(name: str) -> None:
     assert len(got) == len(expected(name))
 
 
+def test_logagent_cat_dash_reads_stdin_like_the_file() -> None:
+    name = next(c for c in CASES if c.endswith("/multiline_java"))
+    argv = [sys.executable, "-m", "logagent", "cat", "--multiline", case_mode(name)]
+    from_file = subprocess.run([*argv, str(case_path(name))], capture_output=True, timeout=60)
+    with open(case_path(name), "rb") as f:
+        from_stdin = subprocess.run([*argv, "-"], stdin=f, capture_output=True, timeout=60)
+    assert from_stdin.returncode == 0, from_stdin.stderr.decode()
+    assert from_stdin.stdout == from_file.stdout
+    got = [json.loads(line) for line in from_stdin.stdout.split(b"\n") if line]
+    assert by_stream(got) == by_stream(expected(name))
+
+
+def test_logagent_cat_dash_prints_records_of_a_pipe_as_they_arrive() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "logagent", "cat", "--format", "raw", "-"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(b"first line\nsecond\n")
+        proc.stdin.flush()
+        # printed while stdin is still open: the reader does not wait for a full buffer or EOF
+        assert json.loads(proc.stdout.readline())["message"] == "first line"
+        assert json.loads(proc.stdout.readline())["message"] == "second"
+        proc.stdin.write(b"third")
+        proc.stdin.close()
+        assert [json.loads(line)["message"] for line in proc.stdout.read().splitlines()] == ["third"]
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("fmt", ["auto", "explicit"])
 def test_joiners_reproduce_expected(name: str, fmt: str) -> None:

@@ -2,13 +2,15 @@
 print the logical records as JSON lines — for trying the parsers (format, multiline mode) on a real file.
 
 Each record prints `time`, `stream`, `message`, `fragments`, `lines` and, when present, `flags`, `attrs` and the
-JSON body; `--all` adds `offset` and `time_ns`. A file that cannot be read is reported on stderr and skipped;
+JSON body; `--all` adds `offset` and `time_ns`.
+`-` reads stdin (like `classify`). A file that cannot be read is reported on stderr and skipped;
 the exit status is 1 if any file failed. It never writes anywhere but stdout/stderr and keeps no state.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 from typing import Any, BinaryIO
@@ -25,7 +27,7 @@ _SHOWN = ("time", "stream", "message", "fragments", "lines", "flags", "attrs")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", metavar="FILE", help="log files to read")
+    parser.add_argument("files", nargs="+", metavar="FILE", help="log files to read (-: stdin)")
     parser.add_argument("--format", choices=FORMATS, default="auto", help="line format (default: auto)")
     parser.add_argument("--multiline", choices=MULTILINE, default="none", help="stack trace grouping")
     parser.add_argument("--multiline-start", metavar="REGEX", help="with --multiline custom: a group starts here")
@@ -74,20 +76,32 @@ def run(args: argparse.Namespace) -> int:
 
 
 def cat_file(path: str, settings: Any, max_line: int, out: BinaryIO, show_all: bool = False) -> int:
-    """Print the records of one file; returns how many. Raises OSError if the file cannot be read."""
-    joiner = make_joiner(settings, path)
+    """Print the records of one file (`-`: stdin); returns how many. Raises OSError if the file cannot be read."""
+    if path == "-":
+        stdin = sys.stdin.buffer
+        if not isinstance(stdin, io.BufferedReader):  # replaced by a caller (tests, embedding)
+            stdin = io.BufferedReader(stdin)
+        return cat_stream("<stdin>", stdin, settings, max_line, out, show_all)
+    with open(path, "rb") as f:
+        return cat_stream(path, f, settings, max_line, out, show_all)
+
+
+def cat_stream(name: str, f: io.BufferedReader, settings: Any, max_line: int, out: BinaryIO,
+               show_all: bool = False) -> int:
+    """Print the records read from `f` up to its end. `read1`: records of a pipe (`tail -f x.log | logagent cat
+    -`) print as the chunks arrive, not once a whole read buffer is full."""
+    joiner = make_joiner(settings, name)
     splitter = LineSplitter(max_line)
     count = 0
-    with open(path, "rb") as f:
-        end = 0
-        while True:
-            data = f.read(_READ)
-            if not data:
-                break
-            end += len(data)
-            lines, offsets, flags = splitter.feed(data, end, 0.0)
-            if lines:
-                count += _write(out, joiner.feed(lines, offsets, flags), show_all)
+    end = 0
+    while True:
+        data = f.read1(_READ)
+        if not data:
+            break
+        end += len(data)
+        lines, offsets, flags = splitter.feed(data, end, 0.0)
+        if lines:
+            count += _write(out, joiner.feed(lines, offsets, flags), show_all)
     lines, offsets, flags = splitter.take_partial()
     if lines:
         count += _write(out, joiner.feed(lines, offsets, flags), show_all)
