@@ -638,5 +638,13 @@ def _release(slots: asyncio.Semaphore, share: AckToken) -> Callable[[], None]:
 
 
 async def run_agent(cfg: AgentConfig) -> int:
+    from logagent.summary import report_start, stored_positions
+
     pipeline = Pipeline(cfg)
-    return await pipeline.run()
+    # the start-up summary on stderr; positions are read before the inputs start (and store theirs)
+    summary = asyncio.create_task(report_start(pipeline, stored_positions(cfg, pipeline.ctx.checkpoints.load)),
+                                  name="start-summary")
+    try:
+        return await pipeline.run()
+    finally:
+        summary.cancel()
