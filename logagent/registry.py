@@ -23,6 +23,7 @@ OUTPUTS: dict[str, str] = {
     "stdout": "logagent.outputs.stdout:StdoutOutput",
     "file": "logagent.outputs.file:FileOutput",
     "elasticsearch": "logagent.outputs.elasticsearch:ElasticsearchOutput",
+    "victorialogs": "logagent.outputs.victorialogs:VictoriaLogsOutput",
     "loki": "logagent.outputs.loki:LokiOutput",
     "sls": "logagent.outputs.sls:SlsOutput",
     "sidecar": "logagent.outputs.sidecar:SidecarOutput",

@@ -20,7 +20,15 @@ crash therefore answers 409 for documents already written, which counts as succe
 nothing overwritten. `@timestamp` is the record's `time` when it is an RFC 3339 string (kept as written; ES
 parses up to 9 fraction digits) or a number of epoch seconds (rendered as RFC 3339); otherwise the send time.
 
-Response handling: HTTP 200 with `errors: true` is read item by item: 2xx ok, 409 on our `create` ok, 429 and
+URL: `/_bulk` is appended to the path of `url` (kept when it already ends with it); query parameters of `url` are
+kept (`?pipeline=...&refresh=false`), `pipeline` is added when set, and `filter_path=errors,items.*.status,
+items.*.error` asks only for what is read (unless `url` gives its own `filter_path`).
+
+Response handling: a 200 must be a bulk response (a JSON object with a boolean `errors`); anything else (an HTML
+page from a proxy, an empty body) is retried at most `UNREADABLE_ATTEMPTS` times, each logged as an error with the
+start of the body, then dead-lettered as `unreadable_response` — never retried for ever. `errors: false` means
+every item was written (VictoriaLogs answers so with an empty `items`). HTTP 200 with `errors: true` is read item
+by item: 2xx ok, 409 on our `create` ok, 429 and
 5xx retried (only those items), any other status dead-lettered with `error.type: error.reason`. A whole-request
 429/5xx (or a transport error) retries the whole request; 413 splits it; other 4xx dead-letter it.
 
@@ -30,9 +38,11 @@ Must never: use `index` (it would overwrite on replay), log record contents or c
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
@@ -66,9 +76,31 @@ class ElasticsearchSettings:
     data_stream: bool
     pipeline: str | None
     document_ids: bool
+    # set by presets (victorialogs): the path appended to the url's and extra query parameters
+    bulk_path: str = "/_bulk"
+    query: tuple[tuple[str, str], ...] = ()
 
 
 _BAD_INDEX_CHARS = re.compile(r'[\\/*?"<>|,#: ]')
+# Only what `interpret` reads: ES leaves the rest (took, _index, _id, _version, result, shards...) out.
+FILTER_PATH = "errors,items.*.status,items.*.error"
+# A 200 that is not a bulk response is retried this many times (a proxy's glitch), then dead-lettered.
+UNREADABLE_ATTEMPTS = 3
+log = logging.getLogger("logagent.output.elasticsearch")
+
+
+def bulk_url(base: str, path: str, pipeline: str | None, extra: tuple[tuple[str, str], ...] = ()) -> str:
+    """`base` with `path` appended to its path (not to its query) and its query parameters kept; `pipeline`,
+    `extra` and `filter_path` added unless the URL already sets them."""
+    parts = urlsplit(base)
+    root = parts.path.rstrip("/")
+    if not root.endswith(path):
+        root += path
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    have = {k for k, _ in params}
+    wanted = [*extra, *((("pipeline", pipeline),) if pipeline else ()), ("filter_path", FILTER_PATH)]
+    params += [(k, v) for k, v in wanted if k not in have]
+    return urlunsplit((parts.scheme, parts.netloc, root, urlencode(params, safe=",*@"), ""))
 
 
 def index_name(text: str) -> str:
@@ -82,10 +114,9 @@ class BulkCodec:
     def __init__(self, settings: ElasticsearchSettings) -> None:
         self.settings = settings
         http = settings.http
-        path = "/_bulk"
-        if settings.pipeline:
-            path += f"?pipeline={settings.pipeline}"
-        self.url = http.url + path
+        self.url = bulk_url(http.url, settings.bulk_path, settings.pipeline, settings.query)
+        self.name = "elasticsearch"
+        self._unreadable: dict[int, tuple[list[bytes], int]] = {}  # id(items) -> (items, unreadable answers)
         self.headers = {"Content-Type": "application/x-ndjson"}
         if http.compression == "gzip":
             self.headers["Content-Encoding"] = "gzip"
@@ -157,8 +188,14 @@ class BulkCodec:
             return Verdict(SPLIT, reason="request_too_large: HTTP 413")
         if r.status >= 300:
             return Verdict(REJECT, reason=f"http_{r.status}: {_error_text(r.body)}")
-        doc = orjson.loads(r.body)
-        if not doc.get("errors"):
+        try:
+            doc = orjson.loads(r.body)
+        except orjson.JSONDecodeError:
+            doc = None
+        if not isinstance(doc, dict) or not isinstance(doc.get("errors"), bool):
+            return self._unreadable_answer(items, r)
+        self._unreadable.pop(id(items), None)
+        if not doc["errors"]:
             return Verdict(OK)
         answers = doc.get("items") or []
         if len(answers) != len(items):
@@ -184,6 +221,25 @@ class BulkCodec:
                 reason = f"http_{status}: {err}"
             reject.append((i, reason))
         return Verdict(ITEMS, retry=retry, reject=reject, reason=f"{len(retry)} items retryable")
+
+    def _unreadable_answer(self, items: list[bytes], r: Response) -> Verdict:
+        """A 2xx that is not a bulk response: which documents were written is unknown. Retried a few times (it may
+        be a proxy's glitch), each logged as an error, then dead-lettered: bounded, visible, the lane moves on."""
+        _, seen = self._unreadable.get(id(items), (items, 0))
+        seen += 1
+        excerpt = r.body[:200].decode("utf-8", "replace")
+        reason = (f"unreadable_response: HTTP {r.status} with a body that is not a bulk response "
+                  f"({len(r.body)} bytes: {excerpt!r})")
+        log.error("the bulk endpoint answered with something that is not a bulk response", extra={
+            "output": self.name, "status": r.status, "attempt": seen, "of": UNREADABLE_ATTEMPTS, "reason": reason,
+            "url": self.url})
+        if seen >= UNREADABLE_ATTEMPTS:
+            self._unreadable.pop(id(items), None)
+            return Verdict(REJECT, reason=reason)
+        if len(self._unreadable) > 1024:
+            self._unreadable.clear()
+        self._unreadable[id(items)] = (items, seen)
+        return Verdict(RETRY, reason=reason)
 
     def dead_record(self, key: str, item: bytes) -> dict[str, Any]:
         nl = item.index(b"\n")
@@ -235,4 +291,5 @@ class ElasticsearchOutput(DeliveryOutput):
     def __init__(self, name: str, settings: ElasticsearchSettings, ctx: Any) -> None:
         super().__init__(name, settings, ctx)
         self.codec = BulkCodec(settings)
+        self.codec.name = name
         self.delivery: Delivery[bytes] = Delivery(name, settings.http, self.codec, ctx.dead_letter)

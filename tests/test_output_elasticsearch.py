@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 
 import pytest
 
@@ -251,3 +252,56 @@ async def test_https_verifies_the_server_against_the_configured_ca(tmp_path) -> 
     await run_output(out_c, numbered_batches(ledger_c, 1, 5, source_id="file:c"))
     await rec.stop()
     assert len(rec.docs) == 10 and ledger_c.acked == [0]
+
+
+async def test_url_query_parameters_are_kept_filter_path_is_requested_and_the_filtered_answer_read(tmp_path) -> None:
+    """`url` with a path prefix and a query: `/_bulk` goes after the path, the query stays, `pipeline` and
+    `filter_path` are added; the receiver filters its answer as ES does, and per-item errors are still read."""
+    rec = await BulkReceiver().start()
+    rec.item_fault = lambda meta, doc, attempt: ((400, "mapper_parsing_exception", "failed to parse [level]")
+                                                 if doc["message"] == "line 7" else None)
+    ctx = make_context(tmp_path)
+    ledger = AckLedger(lambda meta, r: True)
+    batches = numbered_batches(ledger, 2, 20)
+    batches[0].records[3]["flags"] = ["truncated", "invalid_utf8"]
+    out = build_output("elasticsearch", _settings(f"{rec.url}/logs/?refresh=false&timeout=1m",
+                                                  pipeline="k8s-pipeline"), ctx)
+    await run_output(out, batches)
+    await rec.stop()
+    assert set(rec.paths) == {"/logs/_bulk"}
+    assert all(q == {"refresh": "false", "timeout": "1m", "pipeline": "k8s-pipeline",
+                     "filter_path": "errors,items.*.status,items.*.error"} for q in rec.queries)
+    assert len(rec.docs) == 39
+    dl = dead_letters(ctx)
+    assert [(d["record"]["message"], d["reason"]) for d in dl] == [
+        ("line 7", "mapper_parsing_exception: failed to parse [level]")]
+    flagged = [d for d in rec.docs.values() if d.get("flags")]
+    assert [(d["message"], d["flags"]) for d in flagged] == [("line 3", ["truncated", "invalid_utf8"])]
+    # a user's own filter_path is kept as given
+    own = build_output("elasticsearch", _settings(f"{rec.url}?filter_path=errors,items"), make_context(tmp_path / "b"))
+    assert own.codec.url == f"{rec.url}/_bulk?filter_path=errors,items"
+
+
+async def test_an_unreadable_200_is_a_bounded_visible_error_and_the_lane_moves_on(tmp_path, caplog) -> None:
+    rec = await BulkReceiver().start()
+    # a proxy answering 200 with its own page: three times for the first request, then the real ES answers
+    page = b"<html><body>Request accepted</body></html>"
+    rec.plan = [("status", 200, {"Content-Type": "text/html"}, page)] * 3 + [("status", 200, {}, b"")]
+    ctx = make_context(tmp_path)
+    ledger = AckLedger(lambda meta, r: True)
+    out = build_output("elasticsearch", _settings(rec.url, max_in_flight=1,
+                                                  batch={"max_records": 10, "max_wait": "10ms"}), ctx)
+    with caplog.at_level(logging.ERROR):
+        await run_output(out, numbered_batches(ledger, 2, 10))
+    await rec.stop()
+    dl = dead_letters(ctx)
+    assert sorted(d["record"]["message"] for d in dl) == [f"line {i}" for i in range(10)]
+    assert {d["reason"] for d in dl} == {
+        "unreadable_response: HTTP 200 with a body that is not a bulk response (42 bytes: "
+        "'<html><body>Request accepted</body></html>')"}
+    # the second request met one empty 200 (retried), then was written
+    assert sorted(d["message"] for d in rec.docs.values()) == sorted(f"line {i}" for i in range(10, 20))
+    unreadable = [r for r in caplog.records if "not a bulk response" in r.getMessage()]
+    assert [r.attempt for r in unreadable] == [1, 2, 3, 1]
+    assert any("refused a request for good" in r.getMessage() for r in caplog.records)
+    assert sorted(ledger.acked) == [0, 1]

@@ -2,6 +2,8 @@
 `create` semantics (a second create of an id answers 409 `version_conflict_engine_exception`), and answers item by
 item with ES's response shape. `item_fault(action, doc, attempt)` may return (status, error_type, reason) to fail
 an item like ES does (per-item 429 `es_rejected_execution_exception`, 400 `mapper_parsing_exception`).
+`filter_path` (query parameter) filters the answer as ES's response filtering does (`items.*.status` keeps only
+the status of each item), so a client that asks for it must be able to read the filtered answer.
 
 Run standalone (benchmarks, subprocess tests): `python -m tests.receivers.es --port 0 --ready-file F
 [--dump FILE]` (the dump writes the stored documents' ids/messages as JSON lines on SIGTERM).
@@ -38,6 +40,8 @@ class BulkReceiver(Receiver):
         self.conflicts = 0
         self.content_types: set[str] = set()
         self.auth_headers: set[str] = set()
+        self.queries: list[dict[str, str]] = []  # query parameters of each request
+        self.paths: list[str] = []
         self.app.router.add_post("/_bulk", self.bulk)
         self.app.router.add_post("/{target}/_bulk", self.bulk)
 
@@ -46,6 +50,8 @@ class BulkReceiver(Receiver):
         if replaced is not None:
             return replaced
         raw = await request.read()
+        self.queries.append(dict(request.query))
+        self.paths.append(request.path)
         self.bytes_seen += len(raw)
         self.content_types.add(request.headers.get("Content-Type", ""))
         if "Authorization" in request.headers:
@@ -97,7 +103,35 @@ class BulkReceiver(Receiver):
                                      "status": 201}})
         if reset_after:
             self.reset(request)
-        return web.json_response({"took": 1, "errors": errors, "items": items})
+        answer: dict[str, Any] = {"took": 1, "errors": errors, "items": items}
+        if "filter_path" in request.query:
+            answer = filter_response(answer, request.query["filter_path"].split(","))
+        return web.json_response(answer)
+
+
+def filter_response(doc: Any, paths: list[str]) -> Any:
+    """ES response filtering: keep only the dotted paths given (`*` matches any key; arrays are walked)."""
+
+    def keep(node: Any, parts: list[list[str]]) -> Any:
+        if isinstance(node, list):
+            kept = [keep(x, parts) for x in node]
+            return [x for x in kept if x is not None]
+        if not isinstance(node, dict):
+            return node
+        out = {}
+        for key, value in node.items():
+            rest = [p[1:] for p in parts if p and (p[0] == key or p[0] == "*")]
+            if not rest:
+                continue
+            if any(not r for r in rest):
+                out[key] = value
+                continue
+            sub = keep(value, rest)
+            if sub not in (None, {}, []):
+                out[key] = sub
+        return out or None
+
+    return keep(doc, [p.split(".") for p in paths]) or {}
 
 
 def main() -> None:
