@@ -118,9 +118,10 @@ class RotatingSecret:
             return None
         return (st.st_mtime_ns, st.st_size)
 
-    def current(self) -> str:
+    def current(self, force: bool = False) -> str:
+        """The value now; `force` looks at the file at once (after the backend refused the value)."""
         now = time.monotonic()
-        if now - self._checked < self.check_interval:
+        if not force and now - self._checked < self.check_interval:
             return self.value
         self._checked = now
         stamp = self._stat()

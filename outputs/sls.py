@@ -25,7 +25,14 @@ signatures" page) is `VERB \\n Content-MD5 \\n Content-Type \\n Date \\n` + each
 `name:value\\n` sorted by name + the resource path (with sorted `?k=v&...` if there is a query). Requests are
 signed again on every attempt, so a retry never carries a stale Date.
 
-Contents: every field of the shipped record becomes a key/value; nested mappings (kubernetes metadata) are
+Credentials: each of the three given as `{file: PATH}` is read again when its file changes (an STS token and its
+temporary AccessKey pair rotated by a sidecar or a CSI driver), looked at no more than once a second and at once
+after an authentication error; every attempt is signed with the current values. `SecurityTokenExpired` with a
+file-backed token is retried (the token is about to be rotated), logged as an error at the first attempts; any
+authentication error right after the credentials changed is retried with the new ones. Static credentials (inline,
+`{env: NAME}`) cannot change, so their authentication errors are permanent.
+
+Contents: every field of the shipped record becomes a key/value (the internal `source_id`/`pos_key` never); nested mappings (kubernetes metadata) are
 flattened with dots (`kubernetes.namespace`); non-string values are JSON. Batch-level fields are encoded once per
 batch. `time` gives Time and Time_ns (now when missing).
 
@@ -34,7 +41,7 @@ retried with backoff. `RequestTimeExpired` is retried too and logged as an error
 (SLS refuses requests whose Date is more than 15 minutes off; fixing the clock fixes delivery, dead-lettering
 would not). Authentication errors (`Unauthorized`, `SignatureNotMatch`, `InvalidAccessKeyId`,
 `SecurityTokenExpired`...) are permanent: the records are dead-lettered and an error is logged and counted
-(`logagent_errors_total{kind="auth"}`) every time. `PostBodyTooLarge`/413 splits the request; any other 4xx is
+(`logagent_errors_total{kind="auth"}`) every time — unless the credentials rotate (above). `PostBodyTooLarge`/413 splits the request; any other 4xx is
 dead-lettered with `errorCode: errorMessage`.
 
 Must never: log the AccessKey secret or the security token, send a Content-MD5 of the uncompressed body, send
@@ -60,6 +67,7 @@ from logagent import metrics
 from logagent.config import Section
 from logagent.delivery import (
     OK,
+    RotatingSecret,
     REJECT,
     RETRY,
     SPLIT,
@@ -86,6 +94,8 @@ MAX_LOGS = 4096
 MAX_RAW_BYTES = 10 * 1024 * 1024
 RETRY_CODES = frozenset({"WriteQuotaExceed", "ShardWriteQuotaExceed", "InternalServerError", "ServerBusy",
                          "RequestTimeout"})
+TOKEN_EXPIRED = frozenset({"SecurityTokenExpired"})
+ROTATION_GRACE = 30.0  # seconds after credentials changed during which an auth error is retried
 AUTH_CODES = frozenset({"Unauthorized", "SignatureNotMatch", "InvalidAccessKeyId", "SecurityTokenExpired",
                         "SecurityTokenInvalid", "InvalidSecurityToken", "AccessKeyIdNotFound"})
 
@@ -102,6 +112,47 @@ class SlsSettings:
     topic: str
     source: str
     log_tags: tuple[tuple[str, str], ...]
+    # {file: PATH} credentials: key -> path, re-read when the file changes
+    credential_files: tuple[tuple[str, str], ...] = ()
+
+
+class Credentials:
+    """The AccessKey pair and STS token as they are now: file-backed values follow their files (RotatingSecret),
+    inline and env values stay. `generation` changes whenever a value does, so an authentication error can tell
+    whether the request was signed with credentials that have been replaced since."""
+
+    def __init__(self, settings: SlsSettings) -> None:
+        files = dict(settings.credential_files)
+        self.static = {"access_key_id": settings.access_key_id, "access_key_secret": settings.access_key_secret,
+                       "security_token": settings.security_token}
+        self.files = {k: RotatingSecret(path, str(self.static[k])) for k, path in files.items()}
+        self.generation = 0
+        self.changed_at = -1e9  # monotonic time of the last change
+        self._last: tuple[str | None, ...] = self._values(force=False)
+
+    @property
+    def token_rotates(self) -> bool:
+        return "security_token" in self.files
+
+    @property
+    def rotating(self) -> bool:
+        return bool(self.files)
+
+    def _values(self, force: bool) -> tuple[str | None, ...]:
+        out = []
+        for key in ("access_key_id", "access_key_secret", "security_token"):
+            secret = self.files.get(key)
+            out.append(secret.current(force=force) if secret is not None else self.static[key])
+        return tuple(out)
+
+    def current(self, force: bool = False) -> tuple[str, str, str | None, int]:
+        values = self._values(force)
+        if values != self._last:
+            self._last = values
+            self.generation += 1
+            self.changed_at = time.monotonic()
+        key_id, secret, token = values
+        return str(key_id), str(secret), token, self.generation
 
 
 # -- protobuf hand-encoding (field numbers from sls_logs.proto) --------------------------------------------------
@@ -147,10 +198,12 @@ class SlsPutLogs:
         self.topic = FieldTemplate(settings.topic) if settings.topic else None
         tags = b"".join(_pair(0x32, k, v) for k, v in settings.log_tags)
         self.group_tail_static = _ld(0x22, settings.source.encode()) + tags
+        self.credentials = Credentials(settings)
+        self._expired_seen = 0
 
     def parts(self, batch: Batch) -> list[tuple[str, list[bytes], int]]:
         """Items are whole encoded `Log` messages; the partition key is the topic (a LogGroup has one)."""
-        meta = batch.meta
+        meta = batch.shipped_meta()  # never the internal source_id / pos_key
         shared = contents(meta)
         topic_per_batch = self.topic is None or self.topic.top_keys() <= set(meta)
         batch_topic = (self.topic.render(meta) if self.topic else "") if topic_per_batch else None
@@ -179,7 +232,6 @@ class SlsPutLogs:
     def encode(self, key: str, items: list[bytes]) -> Encoded:
         raw = b"".join(items) + (_ld(0x1A, key.encode()) if key else b"") + self.group_tail_static
         body = compress("lz4", raw)
-        s = self.settings
         date = email.utils.formatdate(usegmt=True)
         md5 = hashlib.md5(body).hexdigest().upper()
         ctype = "application/x-protobuf"
@@ -189,15 +241,17 @@ class SlsPutLogs:
             "x-log-compresstype": "lz4",
             "x-log-signaturemethod": "hmac-sha1",
         }
-        if s.security_token:
-            signed["x-acs-security-token"] = s.security_token
-        signature = sign(s.access_key_secret, "POST", md5, ctype, date, signed, self.resource)
+        key_id, secret, token, generation = self.credentials.current()
+        if token:
+            signed["x-acs-security-token"] = token
+        signature = sign(secret, "POST", md5, ctype, date, signed, self.resource)
         headers = {**signed, "Content-Type": ctype, "Content-MD5": md5, "Date": date, "Host": self.host,
-                   "Authorization": f"LOG {s.access_key_id}:{signature}"}
-        return Encoded(body, headers, self.url)
+                   "Authorization": f"LOG {key_id}:{signature}"}
+        return Encoded(body, headers, self.url, context=generation)
 
     def interpret(self, key: str, items: list[bytes], encoded: Encoded, r: Response) -> Verdict:
         if r.status < 300:
+            self._expired_seen = 0
             return Verdict(OK)
         code, message = _error(r.body)
         reason = f"{code or 'http_' + str(r.status)}: {message}"[:500]
@@ -215,8 +269,29 @@ class SlsPutLogs:
         if code == "PostBodyTooLarge" or r.status == 413:
             return Verdict(SPLIT, reason=reason)
         if code in AUTH_CODES or r.status == 401:
-            return Verdict(REJECT, reason=f"auth: {reason}")
+            return self._auth_error(code, reason, encoded, retry_after)
         return Verdict(REJECT, reason=reason)
+
+    def _auth_error(self, code: str, reason: str, encoded: Encoded, retry_after: float | None) -> Verdict:
+        creds = self.credentials
+        if creds.rotating:
+            *_, generation = creds.current(force=True)  # look at the files now, not in a second
+            # Signed with replaced credentials, or during a rotation (three files are not written at once):
+            # the next attempt is signed with what the files hold then.
+            if generation != encoded.context or time.monotonic() - creds.changed_at < ROTATION_GRACE:
+                log.warning("SLS refused credentials that have been rotated since; retrying with the new ones",
+                            extra={"output": self.name, "reason": reason})
+                return Verdict(RETRY, reason=f"auth: {reason} (credentials rotated; retrying)")
+            if code in TOKEN_EXPIRED and creds.token_rotates:
+                self._expired_seen += 1
+                if self._expired_seen in (1, 2) or self._expired_seen % 20 == 0:
+                    log.error("SLS says the security token expired and its file has not been rotated yet; "
+                              "retrying until it is (check the credential refresher)",
+                              extra={"output": self.name, "project": self.settings.project, "reason": reason,
+                                     "times": self._expired_seen})
+                return Verdict(RETRY, reason=f"auth: {reason} (waiting for the token file to rotate)",
+                               retry_after=retry_after)
+        return Verdict(REJECT, reason=f"auth: {reason}")
 
     def dead_record(self, key: str, item: bytes) -> dict[str, Any]:
         """The Log back as a mapping (for the dead-letter file): Time, Time_ns and Contents."""
@@ -293,6 +368,8 @@ class SlsOutput(DeliveryOutput):
             raise section.error(f"SLS takes at most {MAX_LOGS} logs per request", "batch")
         if http.auth.kind != "none":
             raise section.error("SLS signs requests with access_key_id/access_key_secret; remove auth", "auth")
+        files = tuple((key, str(spec["file"])) for key in ("access_key_id", "access_key_secret", "security_token")
+                      if isinstance(spec := section.data.get(key), dict) and "file" in spec)
         topic = section.str("topic", "")
         try:
             FieldTemplate(topic)
@@ -309,6 +386,7 @@ class SlsOutput(DeliveryOutput):
             topic=topic,
             source=section.str("source", socket.gethostname()),
             log_tags=tuple(section.str_map("log_tags", {}).items()),
+            credential_files=files,
         )
         section.done()
         return settings

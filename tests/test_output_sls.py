@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 
 from logagent import metrics
@@ -38,6 +39,7 @@ async def test_putlogs_is_signed_compressed_and_decoded_with_every_field(tmp_pat
     ctx = make_context(tmp_path)
     ledger = AckLedger(lambda meta, r: any(g["contents"]["message"] == r["message"] for g in rec.logs))
     batches = numbered_batches(ledger, 3, 40, meta={"kubernetes": {"namespace": "shop", "pod": "web-1"}})
+    batches[2].records[0]["flags"] = ["truncated", "invalid_utf8"]
     out = build_output("sls", _settings(rec.url, security_token={"env": "STS_TOKEN"}), ctx)
     assert "test-secret" not in repr(out.settings) and "sts-token-1" not in repr(out.settings)
     await run_output(out, batches)
@@ -50,11 +52,12 @@ async def test_putlogs_is_signed_compressed_and_decoded_with_every_field(tmp_pat
     got = by_message[r["message"]]
     ns = rfc3339_ns(r["time"])
     assert (got["time"], got["time_ns"]) == (ns // 10**9, ns % 10**9)
+    # every shipped field, never the internal source_id / pos_key
     assert got["contents"] == {"message": r["message"], "offset": str(r["offset"]), "time": r["time"],
                                "stream": "stdout", "input": "in", "path": "/var/log/app.log",
-                               "source_id": "file:abc", "pos_key": "offset", "kubernetes.namespace": "shop",
-                               "kubernetes.pod": "web-1"}
+                               "kubernetes.namespace": "shop", "kubernetes.pod": "web-1"}
     assert (got["topic"], got["source"], got["tags"]) == ("shop", "node-a", {"cluster": "prod-1"})
+    assert by_message[batches[2].records[0]["message"]]["contents"]["flags"] == '["truncated","invalid_utf8"]'
     assert sorted(ledger.acked) == [0, 1, 2] and ledger.violations == [] and dead_letters(ctx) == []
 
 
@@ -145,3 +148,70 @@ def test_settings_are_validated(tmp_path) -> None:
         build_output("sls", dict(base, access_key_secret={"env": "NOPE_X"}), ctx)
     s = build_output("sls", {k: v for k, v in base.items() if k != "url"}, ctx).settings
     assert s.http.url == f"https://k8s-prod.{ENDPOINT}"
+
+
+def _write(path, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        fh.write(text + "\n")
+    os.replace(tmp, path)  # as a refresher (or a projected volume) does: whole files, atomically
+
+
+async def test_sts_credentials_rotated_mid_run_deliver_everything_and_dead_letter_nothing(tmp_path, caplog) -> None:
+    """STS credentials in three files, rotated by a refresher while the agent runs. SLS expires the old token
+    first (401 SecurityTokenExpired) and the files are rewritten afterwards, one by one: the output keeps the
+    records, retries, and signs with the new AccessKey pair and token once they are there."""
+    creds = tmp_path / "sts"
+    creds.mkdir()
+    _write(creds / "id", "STS.first")
+    _write(creds / "secret", "secret-1")
+    _write(creds / "token", "token-1")
+    rec = SlsReceiver("k8s-prod", ENDPOINT, {"STS.first": "secret-1"}, security_token="token-1")
+    await rec.start()
+    ctx = make_context(tmp_path)
+    ledger = AckLedger(lambda meta, r: any(log["contents"]["message"] == r["message"] for log in rec.logs))
+    out = build_output("sls", _settings(rec.url, access_key_id={"file": str(creds / "id")},
+                                        access_key_secret={"file": str(creds / "secret")},
+                                        security_token={"file": str(creds / "token")}, max_in_flight=1,
+                                        batch={"max_records": 20, "max_wait": "10ms"}), ctx)
+    batches = numbered_batches(ledger, 6, 20)
+    await out.start()
+    with caplog.at_level(logging.WARNING):
+        for b in batches[:2]:
+            await out.send(b)
+        await async_wait_for(lambda: len(rec.logs) == 40, what="first batches with the first token")
+        # the token expires at SLS; the refresher has the new credentials ready but writes them a bit later
+        rec.keys["STS.second"] = "secret-2"
+        rec.security_token = "token-2"
+        for b in batches[2:4]:
+            await out.send(b)
+        await async_wait_for(lambda: rec.errors.count("SecurityTokenExpired") >= 2, what="token expired seen")
+        assert len(rec.logs) == 40
+        _write(creds / "id", "STS.second")
+        _write(creds / "secret", "secret-2")
+        _write(creds / "token", "token-2")
+        for b in batches[4:]:
+            await out.send(b)
+        await asyncio.wait_for(out.flush(), 20)
+    await out.stop()
+    await rec.stop()
+    got = sorted(log["contents"]["message"] for log in rec.logs)
+    assert got == sorted(r["message"] for b in batches for r in b.records)
+    assert dead_letters(ctx) == [] and sorted(ledger.acked) == list(range(6)) and ledger.violations == []
+    expired = [r for r in caplog.records if "security token expired" in r.getMessage()]
+    assert expired and expired[0].levelno == logging.ERROR
+    assert not any(s in caplog.text for s in ("secret-1", "secret-2", "token-1", "token-2"))
+
+
+async def test_an_expired_static_token_is_dead_lettered_loudly(tmp_path, caplog) -> None:
+    """A token given inline or from the environment cannot change: SecurityTokenExpired is final there."""
+    rec = await _receiver(security_token="token-2").start()
+    ctx = make_context(tmp_path)
+    ledger = AckLedger(lambda meta, r: False)
+    out = build_output("sls", _settings(rec.url, security_token="token-1"), ctx)
+    with caplog.at_level(logging.ERROR):
+        await run_output(out, numbered_batches(ledger, 1, 5))
+    await rec.stop()
+    dl = dead_letters(ctx)
+    assert {d["reason"] for d in dl} == {"auth: SecurityTokenExpired: The security token you provided has expired"}
+    assert len(dl) == 5 and any("rejected the credentials" in r.getMessage() for r in caplog.records)

@@ -95,7 +95,8 @@ class SlsReceiver(Receiver):
         if key_id not in self.keys:
             return self._error(401, "InvalidAccessKeyId", f"AccessKeyId {key_id} is not found")
         if self.security_token is not None and h.get("x-acs-security-token") != self.security_token:
-            return self._error(401, "SecurityTokenExpired", "the security token is invalid or expired")
+            # SLS's answer to an STS token past its expiry (HTTP 401, the message as the SDKs report it)
+            return self._error(401, "SecurityTokenExpired", "The security token you provided has expired")
         if not hmac.compare_digest(signature, expected_signature(self.keys[key_id], request, body)):
             return self._error(401, "SignatureNotMatch", "signature does not match")
         try:
