@@ -32,17 +32,17 @@ file-backed token is retried (the token is about to be rotated), logged as an er
 authentication error right after the credentials changed is retried with the new ones. Static credentials (inline,
 `{env: NAME}`) cannot change, so their authentication errors are permanent.
 
-Contents: every field of the shipped record becomes a key/value (the internal `source_id`/`pos_key` never); nested mappings (kubernetes metadata) are
-flattened with dots (`kubernetes.namespace`); non-string values are JSON. Batch-level fields are encoded once per
-batch. `time` gives Time and Time_ns (now when missing).
+Contents: every field of the shipped record becomes a key/value (the internal `source_id`/`pos_key` never);
+nested mappings (kubernetes metadata) are flattened with dots (`kubernetes.namespace`); non-string values are
+JSON. Batch-level fields are encoded once per batch. `time` gives Time and Time_ns (now when missing).
 
 Answers: 2xx accepted. `WriteQuotaExceed`, `ShardWriteQuotaExceed`, 429 and 5xx (and transport errors) are
 retried with backoff. `RequestTimeExpired` is retried too and logged as an error with the measured clock skew
 (SLS refuses requests whose Date is more than 15 minutes off; fixing the clock fixes delivery, dead-lettering
 would not). Authentication errors (`Unauthorized`, `SignatureNotMatch`, `InvalidAccessKeyId`,
 `SecurityTokenExpired`...) are permanent: the records are dead-lettered and an error is logged and counted
-(`logagent_errors_total{kind="auth"}`) every time — unless the credentials rotate (above). `PostBodyTooLarge`/413 splits the request; any other 4xx is
-dead-lettered with `errorCode: errorMessage`.
+(`logagent_errors_total{kind="auth"}`) every time — unless the credentials rotate (above).
+`PostBodyTooLarge`/413 splits the request; any other 4xx is dead-lettered with `errorCode: errorMessage`.
 
 Must never: log the AccessKey secret or the security token, send a Content-MD5 of the uncompressed body, send
 more than SLS's 4096 logs or 10 MB raw body in one request.
@@ -67,7 +67,6 @@ from logagent import metrics
 from logagent.config import Section
 from logagent.delivery import (
     OK,
-    RotatingSecret,
     REJECT,
     RETRY,
     SPLIT,
@@ -77,6 +76,7 @@ from logagent.delivery import (
     FieldTemplate,
     HttpSettings,
     Response,
+    RotatingSecret,
     Verdict,
     compress,
     parse_http_settings,
