@@ -51,6 +51,19 @@ class Component(abc.ABC):
     def kind(cls) -> str:
         return "component"
 
+    def report_degraded(self, reason: str) -> None:
+        """Say that this component works, but not as configured (e.g. "inotify unavailable: polling"): shown by
+        /readyz and `logagent_component_state{state="degraded"}`, logged once per new reason. Cheap to repeat."""
+        health = self.ctx.services.get("health")
+        if health is not None:
+            health.degraded(self.kind(), self.name, reason)
+
+    def report_recovered(self) -> None:
+        """Back to normal after `report_degraded`."""
+        health = self.ctx.services.get("health")
+        if health is not None:
+            health.recovered(self.kind(), self.name)
+
     @classmethod
     @abc.abstractmethod
     def parse_settings(cls, section: Section) -> Any:

@@ -48,9 +48,13 @@ class ComponentConfig:
 
 @dataclass(frozen=True)
 class Limits:
-    queue_batches: int  # batches waiting between inputs and the router
-    output_queue_batches: int  # batches waiting in front of each output
-    output_max_unacked_batches: int  # batches an output may hold unacknowledged (queue included)
+    """Memory bounds (see logagent.flow): each window is bounded in bytes read and, as a safety net, in batches."""
+
+    queue_bytes: int  # bytes of batches waiting between inputs and the router
+    queue_batches: int  # ...and at most this many batches
+    output_queue_batches: int  # batches waiting in front of each output (within its unacked window)
+    output_max_unacked_bytes: int  # bytes an output may hold unacknowledged (its queue included)
+    output_max_unacked_batches: int  # ...and at most this many batches
     batch_max_records: int  # an input cuts a batch at this many records...
     batch_max_bytes: int  # ...or this many bytes
 
@@ -99,9 +103,11 @@ def parse_config(data: Any, file: str) -> AgentConfig:
     state_dir = top.str("state_dir", "/var/lib/logagent")
     limits_sec = top.section("limits")
     limits = Limits(
-        queue_batches=limits_sec.int("queue_batches", 8, min=1),
-        output_queue_batches=limits_sec.int("output_queue_batches", 4, min=1),
-        output_max_unacked_batches=limits_sec.int("output_max_unacked_batches", 16, min=1),
+        queue_bytes=limits_sec.size("queue_bytes", 8 * 1024 * 1024),
+        queue_batches=limits_sec.int("queue_batches", 1024, min=1),
+        output_queue_batches=limits_sec.int("output_queue_batches", 1024, min=1),
+        output_max_unacked_bytes=limits_sec.size("output_max_unacked_bytes", 16 * 1024 * 1024),
+        output_max_unacked_batches=limits_sec.int("output_max_unacked_batches", 4096, min=1),
         batch_max_records=limits_sec.int("batch_max_records", 4096, min=1),
         batch_max_bytes=limits_sec.size("batch_max_bytes", 1024 * 1024),
     )

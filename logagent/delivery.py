@@ -43,7 +43,7 @@ import lz4.block
 from logagent import metrics
 from logagent.component import Output
 from logagent.config import Section
-from logagent.record import AckToken, Batch
+from logagent.record import AckToken, Batch, noop_token
 
 log = logging.getLogger("logagent.delivery")
 
@@ -925,7 +925,47 @@ class DeliveryOutput(Output):
         await self.delivery.start()
 
     async def send(self, batch: Batch) -> None:
-        await self.delivery.submit(batch.ack, self.codec.parts(batch))
+        try:
+            parts = self.codec.parts(batch)
+        except Exception as e:
+            parts = await self._isolate(batch, e)
+        await self.delivery.submit(batch.ack, parts)
+
+    async def _isolate(self, batch: Batch, error: Exception) -> list[tuple[str, list[Any], int]]:
+        """A batch the codec cannot turn into items holds records it cannot encode (e.g. an integer beyond 64
+        bits): halve it until those records stand alone, dead-letter each with the error, ship the rest.
+        Costs log2(batch) extra `parts` calls per bad record, and nothing on good batches."""
+        metrics.ERRORS.labels(component=self.name, kind="encode").inc()
+        merged: dict[str, tuple[list[Any], list[int]]] = {}
+        bad: list[tuple[int, str]] = []
+        stack = [(0, len(batch.records), error)]
+        while stack:
+            lo, hi, err = stack.pop()
+            if hi - lo == 1:
+                bad.append((lo, f"encode_error: {type(err).__name__}: {err}"))
+                continue
+            for a, b in ((lo + (hi - lo) // 2, hi), (lo, lo + (hi - lo) // 2)):  # first half popped first
+                part = Batch(batch.tag, batch.records[a:b], batch.meta, noop_token(),
+                             batch.nbytes * (b - a) // max(1, len(batch.records)))
+                try:
+                    got = self.codec.parts(part)
+                except Exception as e:
+                    stack.append((a, b, e))
+                    continue
+                for key, items, nbytes in got:
+                    entry = merged.setdefault(key, ([], [0]))
+                    entry[0].extend(items)
+                    entry[1][0] += nbytes
+        if bad:
+            shipped = list(batch.shipped())
+            by_reason: dict[str, list[dict[str, Any]]] = {}
+            for i, reason in sorted(bad):
+                by_reason.setdefault(reason, []).append(shipped[i])
+            for reason, records in by_reason.items():
+                self.log.error("record cannot be encoded; dead-lettered, the rest of its batch is shipped",
+                               extra={"output": self.name, "records": len(records), "error": reason[:300]})
+                await asyncio.to_thread(self.ctx.dead_letter.write, self.name, reason, records)
+        return [(key, items, n[0]) for key, (items, n) in merged.items()]
 
     async def flush(self) -> None:
         await self.delivery.flush()

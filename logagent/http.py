@@ -2,8 +2,11 @@
 
 `/metrics` is the Prometheus text format of `logagent.metrics.REGISTRY` (pipeline counters plus process CPU and
 memory). `/healthz` answers "is this process worth keeping": the event loop still runs its heartbeat and the
-pipeline's own tasks are alive. `/readyz` answers "can it take more work": the pipeline started and every output is
-reachable or buffering below its limit; a 503 names the outputs that are not.
+pipeline's own tasks are alive (components that are not running are named in its `reason`). `/readyz` answers "can
+it take more work": the pipeline started, every output is reachable or buffering below its limit and no component
+is restarting; a 503 names each component that is not ready (`"not_ready": {"input:app": "restarting: OSError:
+..."}`). Degraded components (working, not as configured: `report_degraded` in logagent.component) are listed
+under `"degraded"` (only when there are any), with a 200.
 
 This server only reads state. It must never block the event loop (no file or network I/O in a handler) and never
 expose record contents: a scrape costs the pipeline nothing it would notice.
@@ -120,6 +123,8 @@ class LoopHeartbeat:
 # health() -> (ok, reason); readiness() -> (ok, {"component": "why not ready"})
 HealthCheck = Callable[[], tuple[bool, str]]
 ReadinessCheck = Callable[[], tuple[bool, dict[str, str]]]
+# readiness_details() -> ({"component": "why not ready"}, {"component": "why degraded"})
+ReadinessDetails = Callable[[], tuple[dict[str, str], dict[str, str]]]
 
 
 class ListenError(Exception):
@@ -131,10 +136,12 @@ class HealthServer:
     """aiohttp.web server for the three endpoints; `start` binds (raising ListenError if it cannot), `stop`
     closes."""
 
-    def __init__(self, settings: HttpSettings, health: HealthCheck, readiness: ReadinessCheck) -> None:
+    def __init__(self, settings: HttpSettings, health: HealthCheck, readiness: ReadinessCheck,
+                 details: ReadinessDetails | None = None) -> None:
         self.settings = settings
         self._health = health
         self._readiness = readiness
+        self._details = details
         self._runner: Any = None
         self.bound: list[tuple[str, int]] = []
 
@@ -188,6 +195,14 @@ class HealthServer:
     async def _readyz(self, request: Any) -> Any:
         from aiohttp import web
 
-        ok, not_ready = self._readiness()
-        body = orjson.dumps({"status": "ready" if ok else "not ready", "not_ready": not_ready})
+        degraded: dict[str, str] = {}
+        if self._details is not None:
+            not_ready, degraded = self._details()
+            ok = not not_ready
+        else:
+            ok, not_ready = self._readiness()
+        doc: dict[str, Any] = {"status": "ready" if ok else "not ready", "not_ready": not_ready}
+        if degraded:
+            doc["degraded"] = degraded
+        body = orjson.dumps(doc)
         return web.Response(body=body, status=200 if ok else 503, content_type="application/json")

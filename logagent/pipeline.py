@@ -1,36 +1,47 @@
 """The pipeline: input -> stages -> route -> output -> ack -> checkpoint, wired from the config.
 
-    inputs ──emit──▶ [queue: limits.queue_batches] ──▶ router: stages in order, then fan-out by tag
+    inputs ──emit──▶ [queue: limits.queue_bytes] ──▶ router: stages in order, then fan-out by tag
                                                           │
                                ┌──────────────────────────┴──────────────┐
                                ▼                                         ▼
-                  [queue: output_queue_batches]              [queue: output_queue_batches]
+             [window: output_max_unacked_bytes]            [window: output_max_unacked_bytes]
                           output A                                  output B
                                └──── batch.ack.done() ──▶ PositionTracker ──▶ CheckpointStore
 
-Every queue is bounded, so a slow output fills its queue, then the router waits, then the main queue fills,
-then inputs wait inside `emit` and stop reading: memory stays bounded by the limits. A batch's token is
-shared once per output it is routed to; its position is checkpointed when all of them acknowledged.
+Every queue and window is bounded in bytes (and batches: logagent.flow), so a slow output fills its window, then
+the router waits, then the main queue fills, then inputs wait inside `emit` and stop reading: memory stays
+bounded by the limits. Small batches at low rates fit the windows by the hundred, so they never wait for an
+output request to complete. A batch's token is shared once per output it is routed to; its position is
+checkpointed when all of them acknowledged.
+
+Every input, output, the router and the checkpoint writer run under the `Supervisor` (logagent.supervisor): a task
+that fails is logged, restarted with backoff and shown by /readyz and `logagent_component_state`. No single
+record ends a task: stage errors pass the batch on, output errors dead-letter it, the dead-letter writer never
+raises. Operations (health server, systemd, pidfile) live in logagent.operations, hot reload in
+logagent.hotreload.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import fnmatch
 import logging
 import os
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from logagent import metrics, registry
-from logagent.checkpoint import CheckpointStore
+from logagent.checkpoint import CheckpointStore, StateDirError, write_positions
 from logagent.component import Context, Input, Output, Stage
 from logagent.config import AgentConfig, ComponentConfig
 from logagent.deadletter import DeadLetter
+from logagent.flow import ByteQueue, ByteWindow
+from logagent.hotreload import Reloader
+from logagent.operations import Operations
 from logagent.record import AckToken, Batch
+from logagent.supervisor import RUNNING, STOPPED, Health, Supervisor
 
 log = logging.getLogger("logagent.pipeline")
 
@@ -46,6 +57,7 @@ class _RunningInput:
     comp: ComponentConfig
     input: Input
     task: asyncio.Task[None] | None = None
+    stopping: bool = False
 
 
 @dataclass
@@ -53,9 +65,10 @@ class _RunningOutput:
     comp: ComponentConfig
     output: Output
     queue: asyncio.Queue[Any]
-    unacked: asyncio.Semaphore  # batches handed to this output and not yet acknowledged by it
+    unacked: ByteWindow  # batches handed to this output and not yet acknowledged by it
     task: asyncio.Task[None] | None = None
     match: tuple[str, ...] = ()
+    stopping: bool = False
 
 
 @dataclass
@@ -74,39 +87,54 @@ class Pipeline:
     outputs: dict[str, _RunningOutput] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        os.makedirs(self.config.state_dir, exist_ok=True)
+        try:
+            os.makedirs(self.config.state_dir, exist_ok=True)
+        except OSError as e:
+            raise StateDirError(f"state dir {self.config.state_dir}: cannot create it: {e.strerror}") from None
         self.ctx = Context(
             config=self.config,
             checkpoints=CheckpointStore(self.config.state_dir),
             dead_letter=DeadLetter(self.config.dead_letter_path),
         )
-        self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=self.config.limits.queue_batches)
+        limits = self.config.limits
+        self.queue: ByteQueue[Any] = ByteQueue(limits.queue_bytes, limits.queue_batches)
         self._route_cache: dict[str, tuple[_RunningOutput, ...]] = {}
         self._stage_cache: dict[str, tuple[_RunningStage, ...]] = {}
         self._stopping = asyncio.Event()
         self._router_task: asyncio.Task[None] | None = None
         self._checkpoint_task: asyncio.Task[None] | None = None
         self.started = asyncio.Event()
-        self._routing = asyncio.Lock()  # held by the router per batch: reload swaps components between batches
-        self._ops = _Operations()
+        self.routing = asyncio.Lock()  # held by the router per batch: reload swaps components between batches
+        self.health_state = Health()
+        self.supervisor = Supervisor(self.health_state, self._stopping.is_set)
+        self.ctx.services["health"] = self.health_state
+        self.ops = Operations(self)
+        self.reloader = Reloader(self)
         self.ctx.services["pipeline.inject"] = self.inject
         self._late: list[Batch] = []  # injected while stopping
         self.ctx.services["stop_agent"] = self.request_stop  # e.g. the stdout output when stdout is gone
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
         for comp in self.config.outputs:
-            await self._start_output(comp)
+            await self.start_output(comp)
         for comp in self.config.stages:
-            stage = registry.build(comp, self.ctx)
-            await stage.start()
-            self.stages.append(_RunningStage(comp, stage, comp.match))
-        self._router_task = asyncio.create_task(self._route(), name="router")
-        self._checkpoint_task = asyncio.create_task(self._checkpoint_loop(), name="checkpoints")
+            self.stages.append(await self.start_stage(comp))
+        self._router_task = asyncio.create_task(self.supervisor.run("pipeline", "router", self._route),
+                                                name="router")
+        self._checkpoint_task = asyncio.create_task(
+            self.supervisor.run("pipeline", "checkpoints", self._write_checkpoints), name="checkpoints")
         for comp in self.config.inputs:
-            self._start_input(comp)
+            self.start_input(comp)
         self.started.set()
         log.info("pipeline started", extra={"inputs": list(self.inputs), "outputs": list(self.outputs)})
+
+    async def _write_checkpoints(self) -> None:
+        await write_positions(self.ctx.checkpoints, lambda: self.config.checkpoint_interval, self.health_state)
 
     async def inject(self, batch: Batch) -> None:
         """Batches a stage makes outside `process()` (e.g. kernel incidents closed by their timeout) enter the
@@ -119,7 +147,7 @@ class Pipeline:
             else:
                 self._late.append(batch)
             return
-        await self.queue.put(batch)
+        await self.queue.put(batch, batch.nbytes)
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -141,7 +169,10 @@ class Pipeline:
             else:
                 # Positions in the store are only ever acknowledged ones, so leaving now keeps at-least-once.
                 log.warning("second signal: exiting at once", extra={"signal": signal.Signals(signum).name})
-                self.ctx.checkpoints.flush()
+                try:
+                    self.ctx.checkpoints.flush()
+                except Exception as e:
+                    log.error("checkpoint write failed", extra={"error": f"{type(e).__name__}: {e}"})
                 os._exit(128 + signum)
 
         if install_signals:
@@ -149,17 +180,17 @@ class Pipeline:
                 loop.add_signal_handler(sig, on_signal, sig)
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
-            await self._start_operations()
+            await self.ops.start()
             await self.start()
-            self._operations_ready()
+            self.ops.ready()
             await self._stopping.wait()
-            await self._operations_stopping()
+            await self.ops.stopping()
             await self.shutdown()
         finally:
             if install_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
-            await self._stop_operations()
+            await self.ops.stop()
         return 0
 
     async def shutdown(self) -> None:
@@ -167,12 +198,10 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         # 1. stop reading
-        await asyncio.gather(*(self._stop_input(name, deadline) for name in list(self.inputs)))
+        await asyncio.gather(*(self.stop_input(name, deadline) for name in list(self.inputs)))
         # 2. drain the router and the outputs within what is left of the grace period
         try:
-            # The queue may be full behind an output that accepts nothing: the stop marker waits its turn only
-            # until the grace period is over.
-            await asyncio.wait_for(self.queue.put(_STOP), max(0.0, deadline - loop.time()))
+            self.queue.put_unbounded(_STOP)  # after every batch already queued
             if self._router_task is not None:
                 await asyncio.wait_for(asyncio.shield(self._router_task), max(0.0, deadline - loop.time()))
             tasks = [o.task for o in self.outputs.values() if o.task is not None]
@@ -190,7 +219,7 @@ class Pipeline:
             except Exception:
                 log.exception("output stop failed", extra={"output": ro.comp.name})
         for rs in self.stages:
-            await rs.stage.stop()
+            await self.stop_stage(rs)
         if self._checkpoint_task is not None:
             self._checkpoint_task.cancel()
         self.ctx.checkpoints.close()
@@ -198,10 +227,18 @@ class Pipeline:
         log.info("pipeline stopped")
 
     # -- components -----------------------------------------------------------------------------------------
-    def _start_input(self, comp: ComponentConfig) -> None:
+    def start_input(self, comp: ComponentConfig) -> None:
         inp: Input = registry.build(comp, self.ctx)
         ri = _RunningInput(comp, inp)
-        ri.task = asyncio.create_task(self._run_input(ri), name=f"input:{comp.name}")
+
+        async def restart() -> Callable[[], Awaitable[None]]:
+            await self._rebuild_input(ri)
+            return lambda: self._run_input(ri)
+
+        ri.task = asyncio.create_task(
+            self.supervisor.run("input", comp.name, lambda: self._run_input(ri), restart,
+                                stopping=lambda: ri.stopping or self._stopping.is_set()),
+            name=f"input:{comp.name}")
         self.inputs[comp.name] = ri
 
     async def _run_input(self, ri: _RunningInput) -> None:
@@ -209,23 +246,40 @@ class Pipeline:
         records_in = metrics.RECORDS_IN.labels(input=name)
         bytes_in = metrics.BYTES_IN.labels(input=name)
         depth = metrics.QUEUE_DEPTH.labels(queue="pipeline")
+        queue = self.queue
 
         async def emit(batch: Batch) -> None:
             records_in.inc(len(batch.records))
             bytes_in.inc(batch.nbytes)
-            await self.queue.put(batch)
-            depth.set(self.queue.qsize())
+            await queue.put(batch, batch.nbytes)
+            depth.set(queue.qsize())
 
+        await ri.input.run(emit)
+
+    async def _rebuild_input(self, ri: _RunningInput) -> None:
+        """After a failure: stop what is left of the old instance, wait (bounded) until what it emitted is
+        acknowledged, so the new one resumes from the committed position without reading it twice, and build a
+        new instance from the config."""
+        name = ri.comp.name
         try:
-            await ri.input.run(emit)
-        except asyncio.CancelledError:
-            raise
+            await ri.input.stop()
         except Exception:
-            metrics.ERRORS.labels(component=name, kind="input_crashed").inc()
-            log.exception("input failed", extra={"input": name})
+            log.exception("failed input did not stop cleanly", extra={"input": name})
+        tracker = self.ctx.checkpoints.tracker(name)
+        wait = max(30.0, self.config.grace_period)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while tracker.pending() and loop.time() < deadline and not self._stopping.is_set():
+            await asyncio.sleep(0.05)  # acknowledgements come from outputs; there is no event per tracker
+        if tracker.pending():
+            log.warning("restarting the input before all it emitted was acknowledged; unacknowledged records "
+                        "are read again", extra={"input": name, "pending": tracker.pending()})
+        tracker.listeners.clear()  # the failed instance's; the new one registers its own
+        ri.input = registry.build(ri.comp, self.ctx)
 
-    async def _stop_input(self, name: str, deadline: float) -> None:
+    async def stop_input(self, name: str, deadline: float) -> None:
         ri = self.inputs.pop(name)
+        ri.stopping = True
         await ri.input.stop()
         if ri.task is not None:
             loop = asyncio.get_running_loop()
@@ -233,18 +287,41 @@ class Pipeline:
                 await asyncio.wait_for(ri.task, max(0.1, deadline - loop.time()))
             except asyncio.TimeoutError:
                 ri.task.cancel()
+        self.health_state.set("input", name, STOPPED)
 
-    async def _start_output(self, comp: ComponentConfig, register: bool = True) -> _RunningOutput:
+    async def start_stage(self, comp: ComponentConfig) -> _RunningStage:
+        stage = registry.build(comp, self.ctx)
+        await stage.start()
+        self.health_state.set("stage", comp.name, RUNNING)
+        return _RunningStage(comp, stage, comp.match)
+
+    async def stop_stage(self, rs: _RunningStage) -> None:
+        try:
+            await rs.stage.stop()
+        except Exception:
+            log.exception("stage stop failed", extra={"stage": rs.comp.name})
+        self.health_state.set("stage", rs.comp.name, STOPPED)
+
+    async def start_output(self, comp: ComponentConfig, register: bool = True) -> _RunningOutput:
         out: Output = registry.build(comp, self.ctx)
         await out.start()
         limits = self.config.limits
         ro = _RunningOutput(comp, out, asyncio.Queue(maxsize=limits.output_queue_batches),
-                            asyncio.Semaphore(limits.output_max_unacked_batches), match=comp.match)
-        ro.task = asyncio.create_task(self._run_output(ro), name=f"output:{comp.name}")
+                            ByteWindow(limits.output_max_unacked_bytes, limits.output_max_unacked_batches),
+                            match=comp.match)
+        ro.task = asyncio.create_task(
+            self.supervisor.run("output", comp.name, lambda: self._run_output(ro),
+                                stopping=lambda: ro.stopping or self._stopping.is_set()),
+            name=f"output:{comp.name}")
         if register:  # a reload registers its new outputs itself, all at once, between two batches
             self.outputs[comp.name] = ro
             self._route_cache.clear()
         return ro
+
+    async def retire_output(self, ro: _RunningOutput) -> None:
+        """No new batches; it flushes every batch it was given, then its task ends (reload)."""
+        ro.stopping = True
+        await ro.queue.put(_STOP)
 
     async def _run_output(self, ro: _RunningOutput) -> None:
         name = ro.comp.name
@@ -253,6 +330,7 @@ class Pipeline:
             batch = await ro.queue.get()
             depth.set(ro.queue.qsize())
             if batch is _STOP:
+                ro.stopping = True
                 await ro.output.flush()
                 return
             try:
@@ -264,9 +342,14 @@ class Pipeline:
                 metrics.ERRORS.labels(component=name, kind="output_crashed").inc()
                 log.exception("output failed on a batch; records go to the dead-letter file",
                               extra={"output": name})
-                self.ctx.dead_letter.write(name, f"output_error: {type(e).__name__}: {e}", batch.shipped())
+                await asyncio.to_thread(self.ctx.dead_letter.write, name,
+                                        f"output_error: {type(e).__name__}: {e}", list(batch.shipped()))
                 if not batch.ack.completed:
                     batch.ack.done()
+
+    def invalidate_routes(self) -> None:
+        self._route_cache.clear()
+        self._stage_cache.clear()
 
     # -- routing --------------------------------------------------------------------------------------------
     def _targets(self, tag: str) -> tuple[_RunningOutput, ...]:
@@ -297,10 +380,12 @@ class Pipeline:
                     continue
                 try:
                     results = list(rs.stage.process(b))
-                except Exception:
+                except Exception as e:
                     # A stage bug passes the batch on unchanged: records are never lost to a parser error.
                     metrics.ERRORS.labels(component=rs.comp.name, kind="stage_crashed").inc()
                     log.exception("stage failed on a batch; passing it on unchanged", extra={"stage": rs.comp.name})
+                    self.health_state.degraded("stage", rs.comp.name,
+                                               f"failed on a batch: {type(e).__name__}: {e}"[:300])
                     results = [b]
                 if not any(r is b for r in results):
                     b.ack.done()
@@ -314,14 +399,24 @@ class Pipeline:
             batch = await self.queue.get()
             depth.set(self.queue.qsize())
             if batch is _STOP:
-                async with self._routing:
+                async with self.routing:
                     await self._drain_stages()
                 for ro in self.outputs.values():
                     await ro.queue.put(_STOP)
                 return
-            async with self._routing:
-                for b in self.apply_stages(batch):
-                    await self.dispatch(b)
+            async with self.routing:
+                try:
+                    for b in self.apply_stages(batch):
+                        await self.dispatch(b)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    # Not acknowledged (part of it may be out already): the position holds, a restart reads it
+                    # again. Dead-lettered too, so that the records are not only in a log line.
+                    metrics.ERRORS.labels(component="router", kind="batch_failed").inc()
+                    log.exception("routing a batch failed", extra={"tag": batch.tag})
+                    await asyncio.to_thread(self.ctx.dead_letter.write, "router",
+                                            f"router_error: {type(e).__name__}: {e}", list(batch.shipped()))
 
     async def _drain_stages(self) -> None:
         """Shutdown: what stages still hold goes through the stages after them and out, before the outputs flush."""
@@ -343,295 +438,48 @@ class Pipeline:
     async def dispatch(self, batch: Batch) -> None:
         """Hand a batch to every output whose `match` selects its tag.
 
-        Each output gets its own view of the batch with its own token, whose acknowledgement frees one of the
-        output's `output_max_unacked_batches` slots: an output that accepts batches faster than its backend
-        confirms them is held here, so memory stays bounded whatever the output does.
+        Each output gets its own view of the batch with its own token, whose acknowledgement frees the batch's
+        bytes in the output's unacknowledged window (`output_max_unacked_bytes`/`_batches`): an output that accepts
+        batches faster than its backend confirms them is held here, so memory stays bounded whatever it does.
         """
         targets = self._targets(batch.tag)
         if not targets:
             batch.ack.done()
             return
         shares = batch.ack.split(len(targets))
+        nbytes = batch.nbytes
         for ro, share in zip(targets, shares):
-            await ro.unacked.acquire()
-            view = Batch(batch.tag, batch.records, batch.meta, AckToken(_release(ro.unacked, share)), batch.nbytes)
+            await ro.unacked.acquire(nbytes)
+            view = Batch(batch.tag, batch.records, batch.meta, AckToken(_release(ro.unacked, nbytes, share)), nbytes)
             await ro.queue.put(view)
 
-    # -- operations: health, readiness, hot reload (logagent.http, logagent.sdnotify, logagent.reload) ---------
+    # -- operations and reload (logagent.operations, logagent.hotreload) ------------------------------------
     def health(self) -> tuple[bool, str]:
-        """For /healthz and the systemd watchdog: the loop is responsive and the pipeline's own tasks run."""
-        hb = self._ops.heartbeat
-        if hb is not None and hb.age() > self._ops.stall_timeout:
-            return False, f"event loop stalled: last heartbeat {hb.age():.1f}s ago"
-        if not self._stopping.is_set():
-            for what, task in (("router", self._router_task), ("checkpoints", self._checkpoint_task)):
-                if task is not None and task.done():
-                    return False, f"{what} task ended"
-        return True, "ok"
+        return self.ops.health()
 
     def readiness(self) -> tuple[bool, dict[str, str]]:
-        """For /readyz: started, not stopping, and every output reachable or buffering below its limit."""
-        if not self.started.is_set():
-            return False, {"pipeline": "starting"}
-        if self._stopping.is_set():
-            return False, {"pipeline": "stopping"}
-        not_ready: dict[str, str] = {}
-        for name, ro in self.outputs.items():
-            try:
-                ok = ro.output.ready()
-            except Exception as e:
-                ok = False
-                log.warning("output ready() failed", extra={"output": name, "error": repr(e)})
-            if not ok:
-                not_ready[f"output:{name}"] = "backend unreachable or buffer at its limit"
-        return not not_ready, not_ready
-
-    async def _start_operations(self) -> None:
-        from logagent.http import HealthServer, LoopHeartbeat, parse_http_settings
-        from logagent.sdnotify import Notifier
-
-        ops = self._ops
-        ops.notifier = Notifier()
-        ops.heartbeat = LoopHeartbeat()
-        ops.heartbeat.start()
-        settings = parse_http_settings(self.config.http)
-        ops.stall_timeout = settings.stall_timeout
-        if settings.enabled:
-            server = HealthServer(settings, self.health, self.readiness)
-            await server.start()  # ListenError: the agent does not start (logagent.cli says why)
-            ops.server = server
-
-    def _operations_ready(self) -> None:
-        from logagent.reload import write_pidfile
-        from logagent.sdnotify import feed_watchdog, watchdog_interval
-
-        ops = self._ops
-        ops.pidfile = write_pidfile(self.config.state_dir)
-        ops.notifier.ready(f"running: {len(self.inputs)} inputs, {len(self.outputs)} outputs")
-        interval = watchdog_interval()
-        if interval is not None:
-            ops.watchdog_task = asyncio.create_task(feed_watchdog(ops.notifier, interval, self.health),
-                                                    name="watchdog")
-
-    async def _operations_stopping(self) -> None:
-        ops = self._ops
-        ops.notifier.stopping("shutting down: draining in-flight batches")
-        task = ops.reload_task
-        if task is not None and not task.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(task), self.config.grace_period)
-            except asyncio.TimeoutError:
-                log.warning("reload still running at shutdown; cancelling it")
-                task.cancel()
-
-    async def _stop_operations(self) -> None:
-        from logagent.reload import remove_pidfile
-
-        ops = self._ops
-        for task in (ops.watchdog_task, ops.reload_task):
-            if task is not None and not task.done():
-                task.cancel()
-        if ops.heartbeat is not None:
-            ops.heartbeat.stop()
-        if ops.server is not None:
-            await ops.server.stop()
-        if ops.pidfile is not None:
-            remove_pidfile(ops.pidfile)
+        return self.ops.readiness()
 
     def request_reload(self) -> None:
-        """SIGHUP: re-read the config file. Reloads run one at a time; a request during one runs after it."""
-        ops = self._ops
-        if self._stopping.is_set() or not self.started.is_set():
-            log.warning("reload requested while starting or stopping; ignored")
-            return
-        if ops.reload_task is not None and not ops.reload_task.done():
-            ops.reload_again = True
-            return
-        ops.reload_task = asyncio.create_task(self._reload_requests(), name="reload")
-
-    async def _reload_requests(self) -> None:
-        while True:
-            self._ops.reload_again = False
-            await self.reload_from_file()
-            if not self._ops.reload_again or self._stopping.is_set():
-                return
+        self.reloader.request()
 
     async def reload_from_file(self) -> bool:
-        """Re-read and validate the config file and apply it; an invalid one is rejected and logged, and the
-        running config stays in effect. Returns whether the new config was applied."""
-        from logagent.config import ConfigError, load_config
-        from logagent.reload import write_reload_status
-
-        ops = self._ops
-        if ops.notifier is not None:
-            ops.notifier.reloading()
-        path = None if self.config.file == "<embedded default>" else self.config.file
-        log.info("reloading config", extra={"file": self.config.file})
-        error: str | None = None
-        try:
-            await self.reload(load_config(path))
-        except ConfigError as e:
-            error = str(e)
-            log.error("config reload rejected; the running config stays in effect", extra={"error": error})
-        except Exception as e:
-            error = f"{type(e).__name__}: {e}"
-            log.exception("config reload failed; the running config stays in effect", extra={"error": error})
-        metrics.CONFIG_RELOADS.labels(result="rejected" if error else "applied").inc()
-        metrics.CONFIG_LAST_RELOAD_OK.set(0 if error else 1)
-        ops.reload_generation += 1
-        write_reload_status(self.config.state_dir, ops.reload_generation, error)
-        if ops.notifier is not None:
-            ops.notifier.ready("reload rejected: " + error.splitlines()[0] if error else "config reloaded")
-        return error is None
+        return await self.reloader.reload_from_file()
 
     async def reload(self, new_cfg: AgentConfig) -> None:
-        """Apply a validated config to the running pipeline.
+        await self.reloader.apply(new_cfg)
 
-        Components whose `fingerprint()` is unchanged keep running. New and changed outputs are started first (a
-        failing start rejects the reload with nothing changed); then, between two batches, the router switches to
-        the new outputs and stages; the replaced outputs get no new batches, are drained and stopped. A changed
-        input is stopped and its replacement starts only once every batch it emitted is acknowledged, so it
-        resumes from exactly the committed position: no record is lost or read twice.
-        """
-        old = self.config
-        loop = asyncio.get_running_loop()
-        grace = new_cfg.grace_period
-        for attr in ("state_dir", "dead_letter_path", "limits", "checkpoint_interval"):
-            if getattr(new_cfg, attr) != getattr(old, attr):
-                log.warning("setting changes apply on restart only; keeping the running value",
-                            extra={"setting": attr})
-        if new_cfg.http.data != old.http.data:
-            log.warning("setting changes apply on restart only; keeping the running value", extra={"setting": "http"})
-        new_cfg = dataclasses.replace(new_cfg, state_dir=old.state_dir, dead_letter_path=old.dead_letter_path,
-                                      limits=old.limits, checkpoint_interval=old.checkpoint_interval, http=old.http)
+    # kept for callers of the former private names
+    async def _start_operations(self) -> None:
+        await self.ops.start()
 
-        keep_out = {c.name for c in new_cfg.outputs
-                    if c.name in self.outputs and self.outputs[c.name].comp.fingerprint() == c.fingerprint()}
-        old_stages = {rs.comp.name: rs for rs in self.stages}
-        started: dict[str, _RunningOutput] = {}
-        new_stages: list[_RunningStage] = []
-        stages: list[_RunningStage] = []
-        try:
-            for comp in new_cfg.outputs:
-                if comp.name not in keep_out:
-                    started[comp.name] = await self._start_output(comp, register=False)
-            for comp in new_cfg.stages:
-                rs = old_stages.get(comp.name)
-                if rs is None or rs.comp.fingerprint() != comp.fingerprint():
-                    stage = registry.build(comp, self.ctx)
-                    await stage.start()
-                    rs = _RunningStage(comp, stage, comp.match)
-                    new_stages.append(rs)
-                stages.append(rs)
-            try:
-                # The router holds this lock for one batch at a time; an output whose backend accepts nothing can
-                # hold the router, and then the reload is refused rather than waiting forever.
-                await asyncio.wait_for(self._routing.acquire(), grace)
-            except asyncio.TimeoutError:
-                stuck = [n for n, ro in self.outputs.items() if ro.queue.full()]
-                raise RuntimeError(f"the router is blocked on full outputs {stuck}: restart to replace them") from None
-        except BaseException:
-            for ro in started.values():
-                if ro.task is not None:
-                    ro.task.cancel()
-                await ro.output.stop()
-            for rs in new_stages:
-                await rs.stage.stop()
-            raise
-        try:
-            retired = [ro for name, ro in self.outputs.items() if name not in keep_out]
-            self.outputs = {c.name: started.get(c.name) or self.outputs[c.name] for c in new_cfg.outputs}
-            kept_stage_ids = {id(rs) for rs in stages}
-            retired_stages = [rs for rs in self.stages if id(rs) not in kept_stage_ids]
-            self.stages = stages
-            self._route_cache.clear()
-            self._stage_cache.clear()
-            self.config = new_cfg
-            self.ctx.config = new_cfg
-        finally:
-            self._routing.release()
-
-        new_inputs = {c.name: c for c in new_cfg.inputs}
-        replaced_inputs = [name for name, ri in self.inputs.items()
-                           if name not in new_inputs or ri.comp.fingerprint() != new_inputs[name].fingerprint()]
-        added_inputs = [name for name in new_inputs if name not in self.inputs]
-
-        async def retire_output(ro: _RunningOutput) -> None:
-            await ro.queue.put(_STOP)  # after every batch it was given: it flushes them, then its task ends
-            if ro.task is not None:
-                await self._await_slowly(ro.task, f"output {ro.comp.name} draining", grace)
-            await ro.output.stop()
-
-        async def replace_input(name: str) -> None:
-            if name in self.inputs:
-                await self._stop_input(name, loop.time() + grace)
-                tracker = self.ctx.checkpoints.tracker(name)
-                await self._await_slowly(self._acknowledged(tracker), f"input {name} acknowledgements", grace)
-                tracker.listeners.clear()  # the stopped input's; its replacement registers its own
-                tracker.flush()
-            if name in new_inputs:
-                self._start_input(new_inputs[name])
-
-        await asyncio.gather(*(retire_output(ro) for ro in retired),
-                             *(replace_input(n) for n in [*replaced_inputs, *added_inputs]))
-        for rs in retired_stages:
-            await rs.stage.stop()
-        log.info("config reloaded", extra={
-            "outputs_replaced": [ro.comp.name for ro in retired], "outputs_started": list(started),
-            "inputs_replaced": replaced_inputs, "inputs_started": added_inputs,
-            "stages_replaced": [rs.comp.name for rs in retired_stages]})
-
-    @staticmethod
-    async def _acknowledged(tracker: Any) -> None:
-        while tracker.pending():
-            await asyncio.sleep(0.02)
-
-    @staticmethod
-    async def _await_slowly(aw: Any, what: str, warn_after: float) -> None:
-        """Wait without a deadline (giving up would lose or duplicate records), warning when it takes long."""
-        task = asyncio.ensure_future(aw)
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=warn_after)
-            if done:
-                task.result()
-                return
-            log.warning("reload still waiting", extra={"for": what})
-
-    # -- checkpoints ----------------------------------------------------------------------------------------
-    async def _checkpoint_loop(self) -> None:
-        """Write acknowledged positions soon after they advance (at most once per `checkpoint_interval`): the
-        shorter the gap, the fewer records a `kill -9` makes the next run send again."""
-        dirty = asyncio.Event()
-        self.ctx.checkpoints.on_dirty = dirty.set
-        while True:
-            await dirty.wait()
-            dirty.clear()
-            await asyncio.sleep(self.config.checkpoint_interval)
-            try:
-                self.ctx.checkpoints.flush()
-            except Exception:
-                metrics.ERRORS.labels(component="checkpoints", kind="write_failed").inc()
-                log.exception("checkpoint write failed; will retry")
+    async def _stop_operations(self) -> None:
+        await self.ops.stop()
 
 
-@dataclass
-class _Operations:
-    """The operational side of a running agent: health server, systemd notifications, pidfile, reloads."""
-
-    server: Any = None  # logagent.http.HealthServer
-    heartbeat: Any = None  # logagent.http.LoopHeartbeat
-    notifier: Any = None  # logagent.sdnotify.Notifier
-    stall_timeout: float = 10.0
-    watchdog_task: asyncio.Task[None] | None = None
-    reload_task: asyncio.Task[None] | None = None
-    reload_again: bool = False
-    reload_generation: int = 0
-    pidfile: str | None = None
-
-
-def _release(slots: asyncio.Semaphore, share: AckToken) -> Callable[[], None]:
+def _release(window: ByteWindow, nbytes: int, share: AckToken) -> Callable[[], None]:
     def on_done() -> None:
-        slots.release()
+        window.release(nbytes)
         share.done()
 
     return on_done

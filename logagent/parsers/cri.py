@@ -16,7 +16,7 @@ from collections.abc import Callable
 from operator import itemgetter
 
 from logagent.parsers.partials import PartialLines, unparsed
-from logagent.parsers.timestamps import Z_SECONDS, time_ns
+from logagent.parsers.timestamps import NS_MAX, NS_MIN, TIME_OUT_OF_RANGE, Z_SECONDS, clamped, time_ns
 from logagent.record import Record
 
 STREAMS = ("stdout", "stderr")
@@ -55,8 +55,8 @@ def full_records(parts: list[list[str]], offsets: list[int]) -> list[Record] | N
     """Records for a run of well-formed `F` lines (already split); None if a timestamp is not valid."""
     stamps = list(map(_FIRST, parts))
     nanos = _times(stamps)
-    if None in nanos:
-        return None
+    if None in nanos or max(nanos) >= NS_MAX or min(nanos) <= NS_MIN:  # type: ignore[type-var]
+        return None  # the per-line path keeps or flags each line
     # records share the two stream name constants instead of keeping each line's copy alive
     return [
         {"message": p[3], "offset": o, "time": t, "time_ns": n, "stream": _STREAM_NAME[p[1]], "fragments": 1,
@@ -121,6 +121,8 @@ class CriJoiner:
         if tns is None:
             out.append(unparsed(line, offset, flags))
             return
+        if clamped(tns):
+            flags = [*(flags or ()), TIME_OUT_OF_RANGE]
         # the tag field may one day carry more ":"-separated tags: its first character decides
         self.partials.add(out, p[1], p[3], offset, p[0], tns, p[2][0] == "F", flags)
 

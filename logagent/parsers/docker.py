@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from logagent.parsers.partials import PartialLines, unparsed
-from logagent.parsers.timestamps import time_ns
+from logagent.parsers.timestamps import TIME_OUT_OF_RANGE, clamped, time_ns
 from logagent.record import Record
 
 STREAMS = ("stdout", "stderr")
@@ -61,6 +61,8 @@ class DockerJoiner:
             if type(text) is not str or stream not in STREAMS or tns is None:
                 out.append(unparsed(lines[i], offsets[i], fl))
                 continue
+            if clamped(tns):
+                fl = [*(fl or ()), TIME_OUT_OF_RANGE]
             final = text.endswith("\n")
             add(out, stream, text[:-1] if final else text, offsets[i], ts, tns, final, fl, doc.get("attrs"))
         return out
