@@ -27,6 +27,7 @@ from typing import Any
 from logagent import metrics
 from logagent.component import Emit, Input
 from logagent.config import Section
+from logagent.parsers.timestamps import NS_MAX, TIME_OUT_OF_RANGE
 from logagent.record import Batch, Record
 from logagent.signatures.kmsgformat import FragmentJoiner, KmsgFormatError, KmsgRecord, parse_record
 
@@ -35,6 +36,10 @@ CHECKPOINT_KEY = "kmsg"
 # The kernel refuses a read() whose buffer cannot hold the whole record (EINVAL); records are at most ~8 KiB
 # of text plus dictionary lines.
 MIN_READ_BUFFER = 8192
+
+
+_U64_MAX = (1 << 64) - 1
+_U32_MAX = (1 << 32) - 1
 
 
 def format_rfc3339_ns(epoch_ns: int) -> str:
@@ -100,9 +105,18 @@ class KmsgDecoder:
         bad: list[Record] = []
         for raw in raws:
             try:
-                parsed.append(parse_record(raw))
+                rec = parse_record(raw)
             except KmsgFormatError:
                 bad.append({"message": raw.decode("utf-8", "replace").rstrip("\n"), "flags": ["unparsed"]})
+                continue
+            if rec.seq > _U64_MAX or rec.prio > _U32_MAX:
+                # The kernel's seq is a u64: a larger one is not a kernel record (a test device, a corrupted
+                # buffer). Shipped raw and flagged, kept out of positions and gap counting. (A usec beyond 64 bits
+                # is clamped by `to_records`, flagged time_out_of_range.)
+                bad.append({"message": raw.decode("utf-8", "replace").rstrip("\n"), "flags": ["unparsed"],
+                            "error": "seq beyond 64 bits or prio beyond 32"})
+                continue
+            parsed.append(rec)
         if bad:
             self.malformed += len(bad)
         skip = self.skip_through
@@ -127,6 +141,9 @@ def to_records(recs: list[KmsgRecord], boot_ns: int) -> list[Record]:
     append = out.append
     for r in recs:
         ts = boot_ns + r.usec * 1000
+        clamped = ts > NS_MAX  # ~292 years of uptime: only an absurd usec gets here
+        if clamped:
+            ts = NS_MAX
         rec: Record = {
             "message": r.message,
             "time": format_rfc3339_ns(ts),
@@ -141,6 +158,9 @@ def to_records(recs: list[KmsgRecord], boot_ns: int) -> list[Record]:
             rec["fields"] = r.fields
         if len(r.seqs) > 1:
             rec["last_seq"] = r.seqs[-1]
+        if clamped:
+            rec["flags"] = [TIME_OUT_OF_RANGE]
+            rec["mono_us"] = min(r.usec, _U64_MAX)
         append(rec)
     return out
 

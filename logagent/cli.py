@@ -39,10 +39,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         runner = asyncio.run
     _tune_memory()
     _tune_gc()
+    from logagent.checkpoint import StateDirError
+
     try:
         return int(runner(run_agent(cfg)))
     except ListenError as e:
         print(f"logagent: cannot start: {cfg.file}: {e}", file=sys.stderr)
+        return 1
+    except StateDirError as e:  # full disk, read-only or unwritable state dir: one line, no traceback
+        print(f"logagent: {e}", file=sys.stderr)
         return 1
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from operator import itemgetter
+from typing import cast
 
 from logagent.parsers.partials import PartialLines, unparsed
 from logagent.parsers.timestamps import NS_MAX, NS_MIN, TIME_OUT_OF_RANGE, Z_SECONDS, clamped, time_ns
@@ -55,8 +56,11 @@ def full_records(parts: list[list[str]], offsets: list[int]) -> list[Record] | N
     """Records for a run of well-formed `F` lines (already split); None if a timestamp is not valid."""
     stamps = list(map(_FIRST, parts))
     nanos = _times(stamps)
-    if None in nanos or max(nanos) >= NS_MAX or min(nanos) <= NS_MIN:  # type: ignore[type-var]
-        return None  # the per-line path keeps or flags each line
+    if None in nanos:
+        return None
+    known = cast(list[int], nanos)
+    if max(known) >= NS_MAX or min(known) <= NS_MIN:
+        return None  # a clamped time: the per-line path flags it
     # records share the two stream name constants instead of keeping each line's copy alive
     return [
         {"message": p[3], "offset": o, "time": t, "time_ns": n, "stream": _STREAM_NAME[p[1]], "fragments": 1,
