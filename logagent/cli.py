@@ -109,9 +109,19 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from logagent.config import ConfigError, load_config
     from logagent.status import print_status
 
-    return print_status(args.state_dir, args.json)
+    cfg = None
+    if args.config is not None:
+        try:
+            cfg = load_config(args.config)
+        except ConfigError as e:
+            print(f"logagent: config error: {e}", file=sys.stderr)
+            return 2
+    state_dir = args.state_dir or (cfg.state_dir if cfg is not None else None) or \
+        os.environ.get("LOGAGENT_STATE_DIR", "/var/lib/logagent")
+    return print_status(state_dir, args.json, cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-c", "--config", required=True)
     p.set_defaults(func=_cmd_check)
     p = sub.add_parser("status", help="tracked files with checkpointed offset, size and lag")
-    p.add_argument("--state-dir", default=os.environ.get("LOGAGENT_STATE_DIR", "/var/lib/logagent"))
+    p.add_argument("-c", "--config", help="the agent's config: its state_dir, and files its globs match but it "
+                                          "has not opened yet")
+    p.add_argument("--state-dir", help="default: the config's state_dir, $LOGAGENT_STATE_DIR, /var/lib/logagent")
     p.add_argument("--json", action="store_true", help="one JSON object per tracked source")
     p.set_defaults(func=_cmd_status)
     for name, (_, help_text) in PLUGIN_COMMANDS.items():
