@@ -67,3 +67,13 @@ KERNEL_CONDITIONS = Gauge(
     "Permanent kernel problems seen on this node (1 until cleared): read-only remounts, XFS shutdowns, lost GPUs",
     ["signature", "device"], registry=REGISTRY,
 )
+NODE_PROBLEMS = Counter(
+    "logagent_node_problems_total",
+    "Kernel incidents reported to Kubernetes, by reason (the signature); Node Problem Detector's problem_counter",
+    ["reason"], registry=REGISTRY,
+)
+NODE_PROBLEM_CONDITION = Gauge(
+    "logagent_node_problem_condition",
+    "1 while the node condition `type` is True with `reason`; Node Problem Detector's problem_gauge",
+    ["type", "reason"], registry=REGISTRY,
+)

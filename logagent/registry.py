@@ -18,6 +18,7 @@ STAGES: dict[str, str] = {
     "kubernetes": "logagent.kubernetes.stage:KubernetesMetadata",
     "json": "logagent.parsers.jsonbody:JsonBody",
     "signatures": "logagent.signatures.stage:SignatureDetector",
+    "node_problems": "logagent.kubernetes.problems:NodeProblems",
 }
 OUTPUTS: dict[str, str] = {
     "stdout": "logagent.outputs.stdout:StdoutOutput",

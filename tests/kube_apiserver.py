@@ -12,6 +12,7 @@
 - Faults on demand: drop the next watch connection after N events (no terminating chunk; optionally in the
   middle of the N-th event's JSON line), expire history (410), end all watches, rotate the accepted token.
 - Every request's raw query string is kept (`queries`), so tests can check the exact wire form.
+- Nodes (status PATCH), Events (create/patch, cluster-wide list+watch) and Leases: see tests/kube_objects.py.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.kube_objects import ObjectsMixin
 
 
 def make_pod(name: str, namespace: str = "default", node: str = "node-a", uid: str | None = None,
@@ -73,7 +76,7 @@ class WatchRequest:
 
 
 @dataclass
-class FakeApiServer:
+class FakeApiServer(ObjectsMixin):
     token: str | None = None
     gone_as_event: bool = False  # 410 for an expired resourceVersion as an ERROR event instead of HTTP status
     page_size_cap: int | None = None
@@ -98,11 +101,13 @@ class FakeApiServer:
         self._seq = 0
         self._runner: web.AppRunner | None = None
         self.url = ""
+        self._init_objects()
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self, ssl_context: Any = None) -> str:
         app = web.Application()
         app.router.add_get("/api/v1/pods", self._pods)
+        self._object_routes(app)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ssl_context)

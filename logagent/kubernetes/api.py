@@ -49,9 +49,20 @@ SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 class ApiError(Exception):
     """The API server answered, but not with what we asked for."""
 
+    status: int | None = None
+    reason: str | None = None
+
 
 class Gone(ApiError):
     """410: the resourceVersion we watch from is too old; relist."""
+
+
+class Conflict(ApiError):
+    """409: a create of a name that exists (reason AlreadyExists), or an update from a stale resourceVersion."""
+
+
+class NotFound(ApiError):
+    """404: the object is not there (deleted, or never created)."""
 
 
 @dataclass(frozen=True)
@@ -397,3 +408,4 @@ class PodWatcher:
         rv = (obj.get("metadata") or {}).get("resourceVersion")
         if rv:
             self.resource_version = str(rv)
+

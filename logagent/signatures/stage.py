@@ -39,6 +39,8 @@ from logagent.signatures.rules import RulesError, RuleSet, load_rules
 
 INJECT_SERVICE = "pipeline.inject"
 CONDITIONS_SERVICE = "kernel_conditions"
+# `node_problems` stage: takes the event records of every incident raised here (Kubernetes Events, conditions)
+PROBLEMS_SERVICE = "node_problems"
 # Fields that say which device a permanent condition is about (one condition per device).
 _DEVICE_FIELDS = ("device", "pci", "bus_id", "interface")
 
@@ -228,6 +230,9 @@ class SignatureDetector(Stage):
     # -- events ---------------------------------------------------------------------------------------------
     def events_batch(self, incidents: list[Incident]) -> Batch:
         records = [self.event_record(inc) for inc in incidents]
+        report = self.ctx.services.get(PROBLEMS_SERVICE)
+        if report is not None:
+            report(records)
         counts = collections.Counter((r["category"], r["signature"]) for r in records)
         for key, n in counts.items():
             counter = self._counters.get(key)
