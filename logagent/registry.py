@@ -13,6 +13,7 @@ INPUTS: dict[str, str] = {
     "kmsg": "logagent.inputs.kmsg:KmsgInput",
     "journal": "logagent.inputs.journal:JournalInput",
     "netlink": "logagent.inputs.netlink:NetlinkInput",
+    "kube_events": "logagent.inputs.kube_events:KubeEventsInput",
 }
 STAGES: dict[str, str] = {
     "kubernetes": "logagent.kubernetes.stage:KubernetesMetadata",
