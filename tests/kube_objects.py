@@ -109,6 +109,7 @@ class ObjectsMixin:
         self.leases: dict[tuple[str, str], dict[str, Any]] = {}
         self.lease_writes: list[tuple[str, str, int]] = []  # (verb, holderIdentity, HTTP status)
         self._faults: list[list[Any]] = []
+        self.grants_used: set[tuple[str, str, str, str]] = set()  # (apiGroup, resource, verb, namespace or "")
 
     def _object_routes(self, app: web.Application) -> None:
         app.middlewares.append(self._faults_and_auth)
@@ -175,8 +176,23 @@ class ObjectsMixin:
         return ev
 
     # -- plumbing ---------------------------------------------------------------------------------------------
+    def _grant_of(self, request: web.Request) -> tuple[str, str, str, str]:
+        """What RBAC must allow for this request: (apiGroup, resource[/subresource], verb, namespace)."""
+        parts = request.path.strip("/").split("/")
+        group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+        ns = ""
+        if rest[:1] == ["namespaces"] and len(rest) > 2:
+            ns, rest = rest[1], rest[2:]
+        resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+        if request.method == "GET":
+            verb = "watch" if request.query.get("watch") in ("1", "true") else ("get" if len(rest) > 1 else "list")
+        else:
+            verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[request.method]
+        return group, resource, verb, ns
+
     @web.middleware
     async def _faults_and_auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.grants_used.add(self._grant_of(request))
         if request.path == "/api/v1/pods":
             return await handler(request)  # the pods handler does its own auth bookkeeping
         for f in self._faults:
@@ -387,3 +403,22 @@ class ObjectsMixin:
         if self.leases.pop((ns, name), None) is None:
             return self._fail(404, "NotFound", f'leases.coordination.k8s.io "{name}" not found')
         return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Success"})
+
+
+def rbac_refuses(used: set[tuple[str, str, str, str]], rbac_file: str = "conf/kubernetes/10-rbac.yaml") -> set[Any]:
+    """The requests in `used` that the shipped RBAC does NOT allow (ClusterRole anywhere, Role in its namespace)."""
+    import yaml
+
+    with open(rbac_file, encoding="utf-8") as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    allowed: set[tuple[str, str, str, str | None]] = set()
+    for d in docs:
+        if d["kind"] not in ("ClusterRole", "Role"):
+            continue
+        ns = d["metadata"].get("namespace") if d["kind"] == "Role" else None
+        for r in d["rules"]:
+            for g in r["apiGroups"]:
+                for res in r["resources"]:
+                    for v in r["verbs"]:
+                        allowed.add((g, res, v, ns))
+    return {u for u in used if (u[0], u[1], u[2], None) not in allowed and (u[0], u[1], u[2], u[3]) not in allowed}

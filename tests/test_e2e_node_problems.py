@@ -24,7 +24,7 @@ from tests.e2e_support import ContainerLog
 from tests.filetail import Agent, agent_config
 from tests.helpers import async_wait_for, kmsg_writable
 from tests.kube_apiserver import FakeApiServer, make_pod
-from tests.kube_objects import make_node
+from tests.kube_objects import make_node, rbac_refuses
 
 LAST_LINES = 5
 
@@ -126,3 +126,4 @@ async def test_a_kernel_oom_kill_becomes_one_event_on_the_pod_and_one_on_the_nod
     assert node_ev["involvedObject"] == {"kind": "Node", "name": "node-a", "uid": "node-a", "apiVersion": "v1"}
     assert (node_ev["type"], node_ev["reason"], node_ev["count"]) == ("Warning", "memcg_oom_killed", 1)
     assert node_ev["message"].startswith(f"{comm} invoked oom-killer")
+    assert rbac_refuses(api.grants_used) == set()  # every call the shipped RBAC allows

@@ -25,6 +25,7 @@ from logagent.record import doc_id
 from tests.filetail import read_output
 from tests.helpers import async_wait_for
 from tests.kube_apiserver import FakeApiServer
+from tests.kube_objects import rbac_refuses
 from tests.receivers.es import BulkReceiver
 
 LEASE = ("logagent", "logagent-kube-events")
@@ -126,6 +127,7 @@ async def test_two_agents_one_leader_takeover_after_kill_9_and_every_event_store
     stored = [(d["event_uid"], d["resource_version"]) for d in es.docs.values()]
     assert sorted(stored) == sorted(versions)  # each event version exactly once, none missing
     assert es.auto_docs == []
+    assert rbac_refuses(api.grants_used) == set()  # every call the shipped RBAC allows
     meta = {"source_id": "kube-events", "pos_key": "event_key"}
     assert all(_id == doc_id(meta, d) for _id, d in es.docs.items())  # the ids every agent derives alike
     # what the new leader shipped again after the handover landed on existing ids

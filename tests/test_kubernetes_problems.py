@@ -20,7 +20,7 @@ from logagent.pipeline import Pipeline
 from logagent.record import Batch
 from tests.helpers import async_wait_for
 from tests.kube_apiserver import FakeApiServer
-from tests.kube_objects import make_node
+from tests.kube_objects import make_node, rbac_refuses
 
 NODE = "node-a"
 
@@ -117,6 +117,7 @@ async def test_a_permanent_problem_sets_its_condition_and_a_reboot_clears_it(api
         assert ours(api)["ReadonlyFilesystem"]["reason"] == "FilesystemIsNotReadOnly"
     saved = json.loads((tmp_path / "state" / "node-conditions.json").read_text())
     assert saved["boot_id"] == boot_b and saved["conditions"]["ReadonlyFilesystem"]["status"] == "False"
+    assert rbac_refuses(api.grants_used) == set()  # every call the shipped RBAC allows
 
 
 async def test_a_storm_of_identical_incidents_is_one_event_with_a_count_and_failures_are_retried(
@@ -146,3 +147,4 @@ async def test_a_storm_of_identical_incidents_is_one_event_with_a_count_and_fail
         assert problems.recorder.stats.retries == 2
         # no conditions configured: nodes/status is never patched
         assert api.node_patches == []
+        assert rbac_refuses(api.grants_used) == set()  # every call the shipped RBAC allows

@@ -28,7 +28,7 @@ CONF = REPO / "conf"
 K8S = CONF / "kubernetes"
 UNIT = CONF / "systemd" / "logagent.service"
 PROD_CONFIG = CONF / "logagent.yaml"
-NAMESPACED = {"ServiceAccount", "ConfigMap", "DaemonSet"}
+NAMESPACED = {"ServiceAccount", "ConfigMap", "DaemonSet", "Role", "RoleBinding"}
 
 
 # -- readers --------------------------------------------------------------------------------------------------
@@ -127,7 +127,8 @@ def under(path: str, root: str) -> bool:
 def test_every_manifest_file_is_a_list_of_kubernetes_objects_in_the_logagent_namespace():
     docs = manifests()
     assert sorted(d["kind"] for d in docs) == sorted(
-        ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet"])
+        ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ConfigMap",
+         "DaemonSet"])
     for doc in docs:
         assert doc["apiVersion"] and doc["metadata"]["name"], doc
         if doc["kind"] in NAMESPACED:
@@ -160,15 +161,26 @@ def test_kubectl_apply_k_builds_the_same_objects_as_apply_f():
     assert {identity(d): d for d in built} == {identity(d): d for d in manifests()}
 
 
-def test_rbac_grants_read_of_pods_and_namespaces_and_creating_events_only():
+def test_rbac_grants_what_the_components_call_only():
     rules = one("ClusterRole")["rules"]
     grants = {(group, res, verb) for r in rules for group in r["apiGroups"] for res in r["resources"]
               for verb in r["verbs"]}
     assert grants == {
         ("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"),
         ("", "namespaces", "get"), ("", "namespaces", "list"), ("", "namespaces", "watch"),
-        ("", "events", "create"), ("events.k8s.io", "events", "create"),
+        ("", "nodes/status", "patch"),  # node_problems: conditions
+        ("", "events", "create"), ("", "events", "patch"),  # node_problems: events and their series count
+        ("", "events", "list"), ("", "events", "watch"),  # kube_events
     }
+    role = one("Role")
+    assert role["metadata"]["namespace"] == "logagent"
+    assert {(g, res, verb, tuple(r.get("resourceNames", ()))) for r in role["rules"] for g in r["apiGroups"]
+            for res in r["resources"] for verb in r["verbs"]} == {
+        ("coordination.k8s.io", "leases", "create", ()),
+        ("coordination.k8s.io", "leases", "get", ("logagent-kube-events",)),
+        ("coordination.k8s.io", "leases", "update", ("logagent-kube-events",))}
+    assert one("RoleBinding")["roleRef"]["name"] == role["metadata"]["name"]
+    assert one("RoleBinding")["subjects"] == [{"kind": "ServiceAccount", "name": "logagent", "namespace": "logagent"}]
     binding = one("ClusterRoleBinding")
     sa = one("ServiceAccount")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
