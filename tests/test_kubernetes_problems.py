@@ -13,9 +13,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from logagent.inputs.kmsg import KmsgDecoder
-
 from logagent.config import parse_config
+from logagent.inputs.kmsg import KmsgDecoder
 from logagent.pipeline import Pipeline
 from logagent.record import Batch
 from tests.helpers import async_wait_for
