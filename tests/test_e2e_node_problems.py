@@ -93,8 +93,8 @@ async def test_a_kernel_oom_kill_becomes_one_event_on_the_pod_and_one_on_the_nod
         async with Agent(tmp_path, doc) as agent:
             log.write("".join(f"2024-05-14T09:12:05.{i:09d}Z stdout F {t}\n" for i, t in enumerate(written)).encode())
             await async_wait_for(lambda: len([r for r in agent.records() if r.get("input") == "files"]) == 8,
-                                 timeout=20, what="the container's lines delivered")
-            await async_wait_for(lambda: agent.pipeline.inputs["kernel"].input.opened, what="kmsg opened")
+                                 timeout=30, what="the container's lines delivered")
+            await async_wait_for(lambda: agent.pipeline.inputs["kernel"].input.opened, timeout=30, what="kmsg opened")
             pid = oom_kill(cgroup, hog)
 
             def pod_events() -> list[dict[str, Any]]:

@@ -153,7 +153,7 @@ async def test_filters_by_type_namespace_reason_and_kind(api: FakeApiServer, tmp
     p = Pipeline(parse_config(doc, "test.yaml"))
     await p.start()
     try:
-        await async_wait_for(lambda: read_output(out), what="the wanted event")
+        await async_wait_for(lambda: read_output(out), timeout=30, what="the wanted event")
         api.add_event("shop", "f.1", "BackOff", "back-off again", type_="Warning")
         await async_wait_for(lambda: len(read_output(out)) == 2, what="the watched one")
     finally:

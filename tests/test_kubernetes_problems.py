@@ -9,6 +9,7 @@ rewrites, standing in for /proc/sys/kernel/random/boot_id across a reboot.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ async def test_a_permanent_problem_sets_its_condition_and_a_reboot_clears_it(api
         await p.inject(kernel_batch(["EXT4-fs error (device sdb1): ext4_journal_check_start:83: comm kworker: "
                                      "Detected aborted journal",
                                      "EXT4-fs (sdb1): Remounting filesystem read-only"], 500, boot_a))
-        await async_wait_for(lambda: ours(api)["ReadonlyFilesystem"]["status"] == "True", timeout=20,
+        await async_wait_for(lambda: ours(api)["ReadonlyFilesystem"]["status"] == "True", timeout=30,
                              what="ReadonlyFilesystem True")
         cond = ours(api)["ReadonlyFilesystem"]
         assert cond["reason"] == "fs_remount_readonly"
@@ -96,7 +97,7 @@ async def test_a_permanent_problem_sets_its_condition_and_a_reboot_clears_it(api
         assert all(ct.startswith("application/strategic-merge-patch+json") for _, ct, _ in api.node_patches)
         # heartbeats keep coming, the transition time stays
         beats = len(api.node_patches)
-        await async_wait_for(lambda: len(api.node_patches) >= beats + 2, what="two heartbeats")
+        await async_wait_for(lambda: len(api.node_patches) >= beats + 2, timeout=30, what="two heartbeats")
         assert ours(api)["ReadonlyFilesystem"]["lastTransitionTime"] == cond["lastTransitionTime"]
     saved = json.loads((tmp_path / "state" / "node-conditions.json").read_text())
     assert saved["boot_id"] == boot_a and saved["conditions"]["ReadonlyFilesystem"]["status"] == "True"
@@ -104,7 +105,7 @@ async def test_a_permanent_problem_sets_its_condition_and_a_reboot_clears_it(api
     # the agent restarts in the same boot: the problem is still there (the kernel does not say it twice)
     api.node_patches.clear()
     async with Running(doc):
-        await async_wait_for(lambda: api.node_patches, what="a patch after the restart")
+        await async_wait_for(lambda: api.node_patches, timeout=30, what="a patch after the restart")
         assert ours(api)["ReadonlyFilesystem"]["status"] == "True"
 
     # a reboot: a new boot id, every condition back to False
@@ -112,7 +113,7 @@ async def test_a_permanent_problem_sets_its_condition_and_a_reboot_clears_it(api
     api.node_patches.clear()
     async with Running(doc):
         await async_wait_for(lambda: api.node_patches and ours(api)["ReadonlyFilesystem"]["status"] == "False",
-                             what="cleared after the reboot")
+                             timeout=30, what="cleared after the reboot")
         assert ours(api)["ReadonlyFilesystem"]["reason"] == "FilesystemIsNotReadOnly"
     saved = json.loads((tmp_path / "state" / "node-conditions.json").read_text())
     assert saved["boot_id"] == boot_b and saved["conditions"]["ReadonlyFilesystem"]["status"] == "False"
@@ -127,11 +128,13 @@ async def test_a_storm_of_identical_incidents_is_one_event_with_a_count_and_fail
     # the first two creates fail (500, then 429): retried with backoff, not lost
     api.fail_next("POST", "/api/v1/namespaces/default/events", 500)
     api.fail_next("POST", "/api/v1/namespaces/default/events", 429)
-    async with Running(config(tmp_path, api, boot_file, conditions=[])) as p:
+    # a small burst and 4 requests a second: the rate limit, not the machine's speed, bounds the requests
+    async with Running(config(tmp_path, api, boot_file, conditions=[], events_burst=3, events_qps=4)) as p:
+        started = time.monotonic()
         for i in range(40):
             await p.inject(kernel_batch(["nf_conntrack: nf_conntrack: table full, dropping packet"], 100 + i * 2000,
                                         "b"))
-        await async_wait_for(lambda: [e for e in api.events.values() if e.get("count") == 40], timeout=20,
+        await async_wait_for(lambda: [e for e in api.events.values() if e.get("count") == 40], timeout=30,
                              what="one event counting 40")
         (ev,) = api.events.values()
         assert ev["involvedObject"] == {"kind": "Node", "name": NODE, "uid": NODE, "apiVersion": "v1"}
@@ -141,7 +144,10 @@ async def test_a_storm_of_identical_incidents_is_one_event_with_a_count_and_fail
         assert ev["source"] == {"component": "logagent", "host": NODE}
         creates = [w for w in api.event_writes if w[0] == "create"]
         assert len(creates) == 1  # the rest were patches of the same event
-        assert len(api.event_writes) < 40  # aggregated while requests were in flight
+        elapsed = time.monotonic() - started
+        # aggregated while requests were in flight or waiting for the rate limit (the 2 refused creates included)
+        assert len(api.event_writes) + 2 <= 3 + 4 * elapsed + 1
+        assert len(api.event_writes) < 40
         problems = p.stages[1].stage
         assert problems.recorder.stats.retries == 2
         # no conditions configured: nodes/status is never patched
