@@ -155,7 +155,7 @@ async def test_filters_by_type_namespace_reason_and_kind(api: FakeApiServer, tmp
     try:
         await async_wait_for(lambda: read_output(out), timeout=30, what="the wanted event")
         api.add_event("shop", "f.1", "BackOff", "back-off again", type_="Warning")
-        await async_wait_for(lambda: len(read_output(out)) == 2, what="the watched one")
+        await async_wait_for(lambda: len(read_output(out)) == 2, timeout=30, what="the watched one")
     finally:
         p.request_stop()
         await p.shutdown()

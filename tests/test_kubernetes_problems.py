@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from logagent.config import parse_config
+from logagent.metrics import REGISTRY
 from logagent.inputs.kmsg import KmsgDecoder
 from logagent.pipeline import Pipeline
 from logagent.record import Batch
@@ -78,11 +79,13 @@ async def test_a_permanent_problem_sets_its_condition_and_a_reboot_clears_it(api
     doc = config(tmp_path, api, boot_file)
     async with Running(doc) as p:
         # every configured type is reported False from the start, the kubelet's conditions untouched
-        await async_wait_for(lambda: len(ours(api)) == 5, what="our conditions patched")
+        await async_wait_for(lambda: len(ours(api)) == 5, timeout=30, what="our conditions patched")
         assert {t: c["status"] for t, c in ours(api).items()} == dict.fromkeys(
             ["KernelDeadlock", "ReadonlyFilesystem", "FilesystemShutdown", "GPUFallenOffBus", "NetworkDeviceWatchdog"],
             "False")
         assert ours(api)["ReadonlyFilesystem"]["reason"] == "FilesystemIsNotReadOnly"
+        assert REGISTRY.get_sample_value("logagent_node_problem_condition",
+                                         {"type": "ReadonlyFilesystem", "reason": "fs_remount_readonly"}) == 0
         before = ours(api)["ReadonlyFilesystem"]["lastTransitionTime"]
         await p.inject(kernel_batch(["EXT4-fs error (device sdb1): ext4_journal_check_start:83: comm kworker: "
                                      "Detected aborted journal",
@@ -94,6 +97,10 @@ async def test_a_permanent_problem_sets_its_condition_and_a_reboot_clears_it(api
         assert "Remounting filesystem read-only" in cond["message"] or "sdb1" in cond["message"]
         assert cond["lastTransitionTime"] >= before
         assert api.conditions(NODE)["Ready"]["reason"] == "KubeletReady"  # only our types touched
+        # NPD's metrics: a counter per problem reason, a gauge per condition
+        assert REGISTRY.get_sample_value("logagent_node_problem_condition",
+                                         {"type": "ReadonlyFilesystem", "reason": "fs_remount_readonly"}) == 1
+        assert REGISTRY.get_sample_value("logagent_node_problems_total", {"reason": "fs_remount_readonly"}) >= 1
         assert all(ct.startswith("application/strategic-merge-patch+json") for _, ct, _ in api.node_patches)
         # heartbeats keep coming, the transition time stays
         beats = len(api.node_patches)
@@ -115,6 +122,8 @@ async def test_a_permanent_problem_sets_its_condition_and_a_reboot_clears_it(api
         await async_wait_for(lambda: api.node_patches and ours(api)["ReadonlyFilesystem"]["status"] == "False",
                              timeout=30, what="cleared after the reboot")
         assert ours(api)["ReadonlyFilesystem"]["reason"] == "FilesystemIsNotReadOnly"
+        assert REGISTRY.get_sample_value("logagent_node_problem_condition",
+                                         {"type": "ReadonlyFilesystem", "reason": "fs_remount_readonly"}) == 0
     saved = json.loads((tmp_path / "state" / "node-conditions.json").read_text())
     assert saved["boot_id"] == boot_b and saved["conditions"]["ReadonlyFilesystem"]["status"] == "False"
     assert rbac_refuses(api.grants_used) == set()  # every call the shipped RBAC allows
