@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from logagent.config import parse_config
-from logagent.metrics import REGISTRY
 from logagent.inputs.kmsg import KmsgDecoder
+from logagent.metrics import REGISTRY
 from logagent.pipeline import Pipeline
 from logagent.record import Batch
 from tests.helpers import async_wait_for
