@@ -25,7 +25,10 @@ Templates use the `{dotted.field|fallback}` syntax of `logagent.delivery.FieldTe
 
 Wire format (grafana/loki pkg/push/push.proto, see `outputs/proto/logproto.proto`): a `PushRequest` of
 `StreamAdapter{labels, entries}`, entries `EntryAdapter{timestamp, line, structuredMetadata}`, sorted by time
-within each stream, hand-encoded here (field numbers from the schema) and snappy block-compressed. JSON:
+within each stream, built with the classes protoc generated from that schema (`outputs/proto/logproto_pb2.py`:
+byte-identical to the former hand encoder and about 3x faster, `benchmarks/bench_protobuf.py`) and snappy
+block-compressed. A line or metadata value holding undecodable bytes (surrogates) is sent with U+FFFD for them:
+a protobuf string is UTF-8. JSON:
 `{"streams": [{"stream": {...}, "values": [["<ns>", "<line>", {metadata}]]}]}`.
 
 Answers: 2xx accepted. 429 and 5xx (and transport errors) retried with backoff, honouring Retry-After. 400 means
@@ -85,8 +88,7 @@ from logagent.delivery import (
     rfc3339_ns,
 )
 from logagent.outputs.loki_answers import refused
-from logagent.outputs.protowire import ld as _ld
-from logagent.outputs.protowire import varint as _varint
+from logagent.outputs.proto.logproto_pb2 import PushRequest
 from logagent.record import Batch
 
 PUSH_PATH = "/loki/api/v1/push"
@@ -126,20 +128,27 @@ class LokiSettings:
     max_label_value_length: int = MAX_LABEL_VALUE_LENGTH
 
 
-# -- protobuf hand-encoding (field numbers from logproto.proto) --------------------------------------------------
+def _utf8(text: str) -> str:
+    """Undecodable bytes (kept as surrogates) as U+FFFD: what a protobuf string field can carry."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def encode_entry(ts_ns: int, line: str, metadata: tuple[tuple[str, str], ...]) -> bytes:
-    secs, nanos = divmod(ts_ns, 1_000_000_000)
-    stamp = b""
-    if secs:
-        stamp += b"\x08" + _varint(secs)
-    if nanos:
-        stamp += b"\x10" + _varint(nanos)
-    out = _ld(0x0A, stamp) + _ld(0x12, line.encode("utf-8", "surrogateescape"))
-    for name, value in metadata:
-        out += _ld(0x1A, _ld(0x0A, name.encode()) + _ld(0x12, value.encode("utf-8", "surrogateescape")))
-    return out
+def push_body(streams: dict[str, list[Item]]) -> bytes:
+    """The protobuf `PushRequest` of entries grouped by stream (each list already in time order)."""
+    req = PushRequest()
+    for labels, entries in streams.items():
+        stream = req.streams.add(labels=labels)
+        add = stream.entries.add
+        for _, ts, line, md in entries:
+            try:
+                e = add(line=line, structuredMetadata=[{"name": n, "value": v} for n, v in md] if md else None)
+            except UnicodeEncodeError:
+                e = add(line=_utf8(line), structuredMetadata=[{"name": n, "value": _utf8(v)} for n, v in md])
+            secs, nanos = divmod(ts, 1_000_000_000)
+            stamp = e.timestamp
+            stamp.seconds = secs
+            stamp.nanos = nanos
+    return req.SerializeToString()
 
 
 def label_string(pairs: list[tuple[str, str]]) -> str:
@@ -319,13 +328,9 @@ class LokiPush:
         if key:
             headers["X-Scope-OrgID"] = key
         if self.settings.http.compression == "snappy":
-            out = []
-            for labels, entries in streams.items():
+            for entries in streams.values():
                 entries.sort(key=_by_time)
-                body = [_ld(0x0A, labels.encode())]
-                body.extend(_ld(0x12, encode_entry(ts, line, md)) for _, ts, line, md in entries)
-                out.append(_ld(0x0A, b"".join(body)))
-            return Encoded(compress("snappy", b"".join(out)), headers, self.url)
+            return Encoded(compress("snappy", push_body(streams)), headers, self.url)
         doc = {"streams": [
             {"stream": self.labels_cache.get(labels) or {},
              "values": [[str(ts), line, dict(md)] if md else [str(ts), line]
