@@ -121,7 +121,6 @@ def to_record(entry: dict[str, Any], realtime_us: int, mono_us: int, cursor: str
 
 
 class JournalInput(Input):
-    type_name = "journal"
     settings: JournalSettings
 
     @classmethod

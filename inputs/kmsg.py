@@ -184,7 +184,6 @@ class KmsgSettings:
 
 
 class KmsgInput(Input):
-    type_name = "kmsg"
     settings: KmsgSettings
 
     @classmethod

@@ -148,7 +148,6 @@ class NodeNetworkState:
 
 
 class NetlinkInput(Input):
-    type_name = "netlink"
     settings: NetlinkSettings
 
     @classmethod

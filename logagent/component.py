@@ -12,7 +12,7 @@ import abc
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from logagent.checkpoint import CheckpointStore
 from logagent.config import AgentConfig, Section
@@ -39,8 +39,6 @@ class Context:
 
 
 class Component(abc.ABC):
-    type_name: ClassVar[str] = ""
-
     def __init__(self, name: str, settings: Any, ctx: Context) -> None:
         self.name = name
         self.settings = settings

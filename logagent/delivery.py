@@ -31,7 +31,6 @@ import os
 import random
 import ssl
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -315,17 +314,6 @@ def compress(kind: str, data: bytes) -> bytes:
     if kind == "lz4":
         out: bytes = lz4.block.compress(data, store_size=False)
         return out
-    return data
-
-
-def decompress(kind: str, data: bytes, raw_size: int | None = None) -> bytes:
-    if kind == "gzip":
-        return zlib.decompress(data, 47)
-    if kind == "snappy":
-        return bytes(cramjam.snappy.decompress_raw(data))
-    if kind == "lz4":
-        raw: bytes = lz4.block.decompress(data, uncompressed_size=raw_size or 0)
-        return raw
     return data
 
 

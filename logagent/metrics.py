@@ -64,7 +64,8 @@ KMSG_LOST = Counter(
 )
 KERNEL_CONDITIONS = Gauge(
     "logagent_kernel_node_condition",
-    "Permanent kernel problems seen on this node (1 until cleared): read-only remounts, XFS shutdowns, lost GPUs",
+    "Permanent kernel problems seen on this node (1 until the agent restarts): read-only remounts, XFS shutdowns, "
+    "lost GPUs",
     ["signature", "device"], registry=REGISTRY,
 )
 NODE_PROBLEMS = Counter(

@@ -152,9 +152,6 @@ class Pipeline:
     def request_stop(self) -> None:
         self._stopping.set()
 
-    async def wait_stopped(self) -> None:
-        await self._stopping.wait()
-
     async def run(self, install_signals: bool = True) -> int:
         """Run until SIGTERM/SIGINT (or `request_stop`), then shut down gracefully. Returns the exit code."""
         loop = asyncio.get_running_loop()

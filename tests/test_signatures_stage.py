@@ -74,11 +74,9 @@ def test_kernel_batches_pass_unchanged_and_incidents_become_events(tmp_path: Pat
                                  "container_id": "8d41c7f0a2b94e3c9f1a6b7d2e5c8a0f3b6d9e2c1a4f7b0d3e6a9c2f5b8e1d4a"}
     after = metrics.KERNEL_SIGNATURES.labels(category="oom", signature="oom_killed_process")._value.get()
     assert after - before == 1
-    # the read-only remount is a permanent condition until cleared
+    # the read-only remount is a permanent condition
     assert "fs_remount_readonly:nvme1n1" in stage.conditions
     assert metrics.KERNEL_CONDITIONS.labels(signature="fs_remount_readonly", device="nvme1n1")._value.get() == 1
-    assert stage.clear_condition("fs_remount_readonly:nvme1n1") and not stage.conditions
-    assert metrics.KERNEL_CONDITIONS.labels(signature="fs_remount_readonly", device="nvme1n1")._value.get() == 0
 
 
 def test_batches_of_other_tags_pass_untouched(tmp_path: Path) -> None:

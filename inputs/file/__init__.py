@@ -37,17 +37,17 @@ from logagent.inputs.file.checkpoints import STARTED_KEY, StoredPosition, file_k
 from logagent.inputs.file.discovery import FileGlobs
 from logagent.inputs.file.fingerprint import fingerprint_of, matches, read_head
 from logagent.inputs.file.reader import LineSplitter, settle_utf8
-from logagent.inputs.file.settings import FileSettings, parse_file_settings, parser_factory
+from logagent.inputs.file.settings import FileSettings, parse_file_settings
 from logagent.inputs.file.tail import Tail, make_source_id
 from logagent.inputs.file.watch import Changes, DirectoryWatch
-from logagent.parsers.base import RawJoiner
+from logagent.parsers.base import LineJoiner
+from logagent.parsers.factory import make_joiner
 from logagent.record import Batch
 
 log = logging.getLogger("logagent.input.file")
 
 
 class FileInput(Input):
-    type_name = "file"
     settings: FileSettings
 
     @classmethod
@@ -74,7 +74,6 @@ class FileInput(Input):
         self._first_start = STARTED_KEY not in self.tracker.committed
         self._files_tracked = metrics.FILES_TRACKED.labels(input=name)
         self._lag_paths: set[str] = set()
-        self._factory = parser_factory()
         self._next_held_check = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------------------------
@@ -254,10 +253,8 @@ class FileInput(Input):
             log.exception("file_overrides failed; reading with the input's own settings", extra={"path": path})
             return None
 
-    def _joiner(self, path: str, overrides: dict[str, Any] | None) -> Any:
-        if self._factory is None or self.settings.parser is None:
-            return RawJoiner()
-        return self._factory.make_joiner(self.settings.parser, path, overrides)
+    def _joiner(self, path: str, overrides: dict[str, Any] | None) -> LineJoiner:
+        return make_joiner(self.settings.parser, path, overrides)
 
     def _report_once(self, path: str, problem: str, message: str) -> None:
         if self._reported.get(path) != problem:

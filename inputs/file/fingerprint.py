@@ -51,15 +51,3 @@ def matches(fd: int, fp: FileFingerprint) -> bool:
     return len(head) == fp.length and xxhash.xxh64_hexdigest(head) == fp.digest
 
 
-def source_id_of(head: bytes) -> str | None:
-    """Hash of the first line (newline included), or of the whole head when it has no newline and is full.
-    None while the first line is still incomplete and shorter than the head limit."""
-    nl = head.find(b"\n")
-    if nl >= 0:
-        return xxhash.xxh64_hexdigest(head[: nl + 1])
-    return None
-
-
-def source_id_partial(head: bytes) -> str:
-    """For a file whose first line is still incomplete (a flushed partial line or a full head without newline)."""
-    return xxhash.xxh64_hexdigest(head)

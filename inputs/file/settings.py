@@ -7,9 +7,9 @@ module hands the section to it before rejecting unknown keys, and never interpre
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from logagent.config import Section
+from logagent.parsers.factory import ParserSettings, parse_parser_settings
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class FileSettings:
     partial_line_flush: float
     rotate_wait: float  # how long a rotated-away or deleted file is kept open after its last growth
     fingerprint_bytes: int
-    parser: Any  # ParserSettings from logagent.parsers.factory, or None (raw lines)
+    parser: ParserSettings  # format, multiline, body parser: logagent.parsers.factory owns these keys
 
 
 def parse_file_settings(section: Section) -> FileSettings:
@@ -46,7 +46,7 @@ def parse_file_settings(section: Section) -> FileSettings:
         partial_line_flush=section.duration("partial_line_flush", 5.0),
         rotate_wait=section.duration("rotate_wait", 5.0),
         fingerprint_bytes=_at_least(section, "fingerprint_bytes", section.size("fingerprint_bytes", 1024), 16),
-        parser=_parser_settings(section),
+        parser=parse_parser_settings(section),
     )
     if settings.poll_interval <= 0:
         raise section.error("must be more than 0", "poll_interval")
@@ -58,23 +58,3 @@ def _at_least(section: Section, key: str, value: int, low: int) -> int:
     if value < low:
         raise section.error(f"must be at least {low} bytes, got {value}", key)
     return value
-
-
-def _parser_settings(section: Section) -> Any:
-    factory = parser_factory()
-    if factory is not None:
-        return factory.parse_parser_settings(section)
-    # Without the parsers package only raw lines are possible; accept `format: raw|auto` so the embedded default
-    # config still loads, and say clearly what else is missing.
-    fmt = section.str("format", "raw", choices=("raw", "auto", "cri", "docker"))
-    if fmt not in ("raw", "auto"):
-        raise section.error(f"format {fmt!r} needs logagent.parsers.factory, which is not installed", "format")
-    return None
-
-
-def parser_factory() -> Any:
-    try:
-        from logagent.parsers import factory
-    except ImportError:
-        return None
-    return factory

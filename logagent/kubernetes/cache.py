@@ -52,10 +52,6 @@ class PodEntry:
     # every container id this pod has had while we watched it: id -> (container name, restart count or None)
     known_ids: dict[str, tuple[str, int | None]] = field(default_factory=dict)
 
-    def annotation(self, key: str) -> str | None:
-        return self.annotations.get(key)
-
-
 def strip_runtime(container_id: str | None) -> str | None:
     """'containerd://abc' -> 'abc' (also docker://, cri-o://)."""
     if not container_id:

@@ -89,7 +89,6 @@ class _SharedWatch:
 
 
 class KubernetesMetadata(Stage):
-    type_name = "kubernetes"
     settings: KubernetesSettings
 
     @classmethod

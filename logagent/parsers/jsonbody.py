@@ -103,7 +103,6 @@ class JsonBodyJoiner:
 class JsonBody(Stage):
     """The `json` stage: JSON bodies of every batch it matches."""
 
-    type_name = "json"
     settings: JsonBodySettings
 
     @classmethod

@@ -16,7 +16,7 @@ This module does no I/O and knows nothing about rules: the kmsg input and `logag
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 _ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
@@ -145,10 +145,3 @@ def parse_capture(data: bytes | str) -> list[KmsgRecord]:
     return out
 
 
-def join_records(records: Iterable[KmsgRecord]) -> list[KmsgRecord]:
-    joiner = FragmentJoiner()
-    out: list[KmsgRecord] = []
-    for r in records:
-        out.extend(joiner.feed(r))
-    out.extend(joiner.flush())
-    return out

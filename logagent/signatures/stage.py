@@ -13,7 +13,8 @@ such events to `ctx.services["pipeline.inject"]` (an `async (Batch) -> None` the
 outside `process`) when there is one, and otherwise keeps them for the next `process` call.
 
 Permanent signatures (read-only remount, XFS shutdown, GPU off the bus) set a node condition, kept in
-`ctx.services["kernel_conditions"]` and the `logagent_kernel_node_condition` gauge until `clear_condition`.
+`ctx.services["kernel_conditions"]` and the `logagent_kernel_node_condition` gauge for the life of the process
+(the problem lasts until the node is repaired, usually by a reboot, which restarts the agent).
 
 This stage must never hold, change or drop the batches it is given, and never wait for anything.
 """
@@ -64,7 +65,6 @@ class SignatureSettings:
 
 
 class SignatureDetector(Stage):
-    type_name = "signatures"
     settings: SignatureSettings
 
     @classmethod
@@ -289,15 +289,6 @@ class SignatureDetector(Stage):
         cond["last_line"] = inc.first_line
         metrics.KERNEL_CONDITIONS.labels(signature=sig, device=device).set(1)
         rec["condition"] = key
-
-    def clear_condition(self, key: str) -> bool:
-        """Forget a permanent condition (the operator fixed the node). True if it was set."""
-        cond = self.conditions.pop(key, None)
-        if cond is None:
-            return False
-        metrics.KERNEL_CONDITIONS.labels(signature=cond["signature"], device=cond["device"]).set(0)
-        return True
-
 
 def record_time(rec: Record) -> float | None:
     """Seconds since the epoch from a kernel record: `time_ns` (kmsg, journal), else `time` as a number or an
