@@ -32,6 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--multiline", choices=MULTILINE, default="none", help="stack trace grouping")
     parser.add_argument("--multiline-start", metavar="REGEX", help="with --multiline custom: a group starts here")
     parser.add_argument("--multiline-continue", metavar="REGEX", help="with --multiline custom: joins the group")
+    parser.add_argument("--multiline-end", metavar="REGEX", help="with --multiline custom: joins and ends the group")
     parser.add_argument("--parser", choices=BODY_PARSERS, default="text", help="json: decode JSON bodies")
     parser.add_argument("--max-record-bytes", default="1MiB", help="bound on a joined record (default 1MiB)")
     parser.add_argument("--max-line-bytes", default="256KiB", help="bound on a physical line (default 256KiB)")
@@ -45,6 +46,8 @@ def _settings(args: argparse.Namespace) -> Any:
         data["multiline_start"] = args.multiline_start
     if args.multiline_continue is not None:
         data["multiline_continue"] = args.multiline_continue
+    if args.multiline_end is not None:
+        data["multiline_end"] = args.multiline_end
     return parse_parser_settings(Section(data, "", "command line"))
 
 

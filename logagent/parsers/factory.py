@@ -20,18 +20,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from logagent.config import Section
-from logagent.parsers import modes
+from logagent.parsers import autotrace, modes
 from logagent.parsers.base import LineJoiner, RawJoiner
 from logagent.parsers.cri import CriJoiner
 from logagent.parsers.detect import AutoJoiner
 from logagent.parsers.docker import DockerJoiner
 from logagent.parsers.jsonbody import JsonBodyJoiner, JsonBodyParser, JsonBodySettings
 from logagent.parsers.multiline import MultilineJoiner
+from logagent.parsers.statemachine import Rule, parse_rules, state_machine
 
 log = logging.getLogger("logagent.parsers")
 
 FORMATS = ("auto", "cri", "docker", "raw")
-MULTILINE = ("none", "java", "python", "go", "node", "ruby", "custom")
+# auto: every runtime below in one pass; dotnet, php and dart use its rules (their traces have no look-alikes)
+MULTILINE = ("none", "auto", "java", "python", "go", "node", "ruby", "dotnet", "php", "dart", "custom")
+ANNOTATED = tuple(m for m in MULTILINE if m != "custom")  # what `logagent.io/multiline` may name
 BODY_PARSERS = ("text", "json")
 
 
@@ -41,6 +44,8 @@ class ParserSettings:
     multiline: str = "none"
     multiline_start: re.Pattern[str] | None = None
     multiline_continue: re.Pattern[str] | None = None
+    multiline_end: re.Pattern[str] | None = None
+    multiline_rules: tuple[Rule, ...] = ()
     multiline_flush: float = 2.0
     multiline_max_lines: int = 1000
     multiline_max_bytes: int = 1 << 20
@@ -65,11 +70,20 @@ def parse_parser_settings(section: Section) -> ParserSettings:
     multiline = section.str("multiline", "none", choices=MULTILINE)
     start = _regex(section, "multiline_start")
     cont = _regex(section, "multiline_continue")
-    if multiline == "custom" and start is None and cont is None:
-        raise section.error("multiline: custom needs multiline_start and/or multiline_continue", "multiline")
-    if multiline != "custom" and (start is not None or cont is not None):
-        key = "multiline_start" if start is not None else "multiline_continue"
-        raise section.error("is only used with multiline: custom", key)
+    end = _regex(section, "multiline_end")
+    rules = parse_rules(section, "multiline_rules") if section.has("multiline_rules") else ()
+    if multiline != "custom":
+        for key, value in (("multiline_start", start), ("multiline_continue", cont), ("multiline_end", end),
+                           ("multiline_rules", rules)):
+            if value:
+                raise section.error("is only used with multiline: custom", key)
+    elif rules:
+        for key, value in (("multiline_start", start), ("multiline_continue", cont), ("multiline_end", end)):
+            if value is not None:
+                raise section.error("cannot be combined with multiline_rules (the rules say where groups start)", key)
+    elif start is None and cont is None:
+        raise section.error("multiline: custom needs multiline_start and/or multiline_continue, or multiline_rules",
+                            "multiline")
     max_record = section.size("max_record_bytes", 1 << 20)
     if max_record < 64:
         raise section.error(f"must be at least 64 bytes, got {max_record}", "max_record_bytes")
@@ -81,6 +95,8 @@ def parse_parser_settings(section: Section) -> ParserSettings:
         multiline=multiline,
         multiline_start=start,
         multiline_continue=cont,
+        multiline_end=end,
+        multiline_rules=rules,
         multiline_flush=section.duration("multiline_flush", 2.0),
         multiline_max_lines=section.int("multiline_max_lines", 1000, min=1),
         multiline_max_bytes=min(ml_bytes, max_record),
@@ -109,10 +125,10 @@ def make_joiner(settings: ParserSettings, path: str, overrides: Mapping[str, Any
     if overrides:
         wanted = overrides.get("multiline")
         if wanted is not None:
-            if wanted in modes.BUILTIN or wanted == "none":
+            if wanted in ANNOTATED:
                 multiline = wanted
             else:
-                log.warning("ignoring multiline annotation %r (known: none, %s)", wanted, ", ".join(modes.BUILTIN),
+                log.warning("ignoring multiline annotation %r (known: %s)", wanted, ", ".join(ANNOTATED),
                             extra={"path": path})
         wanted = overrides.get("parser")
         if wanted is not None:
@@ -122,10 +138,16 @@ def make_joiner(settings: ParserSettings, path: str, overrides: Mapping[str, Any
                 log.warning("ignoring parser annotation %r (known: text, json)", wanted, extra={"path": path})
     joiner = format_joiner(settings.format, settings, clock)
     if multiline != "none":
-        step = (modes.custom(settings.multiline_start, settings.multiline_continue) if multiline == "custom"
-                else modes.BUILTIN[multiline])
+        prefilter = None
+        if multiline == "custom":
+            step = (state_machine(settings.multiline_rules) if settings.multiline_rules
+                    else modes.custom(settings.multiline_start, settings.multiline_continue, settings.multiline_end))
+        elif multiline in ("auto", "dotnet", "php", "dart"):
+            step, prefilter = autotrace.auto, autotrace.hits
+        else:
+            step = modes.BUILTIN[multiline]
         joiner = MultilineJoiner(joiner, step, settings.multiline_flush, settings.multiline_max_lines,
-                                 settings.multiline_max_bytes, clock)
+                                 settings.multiline_max_bytes, clock, prefilter)
     if body == "json":
         joiner = JsonBodyJoiner(joiner, JsonBodyParser(JsonBodySettings(target=settings.json_key)))
     return joiner

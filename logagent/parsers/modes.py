@@ -5,10 +5,13 @@ Each mode is a `step(message, stream_state) -> action` function; `MultilineJoine
     START  the line begins a new group (the open one is emitted first)
     CONT   the line belongs to the open group (only returned while a group is open)
     SOLO   the line is a record of its own (the open group is emitted first)
-    HOLD   a blank line that belongs to the open group only if a continuation follows it (Python's blank lines
-           around "During handling of ...", Node's blank line before the error of an uncaught exception)
+    HOLD   a line that belongs to the open group only if a continuation follows it (Python's blank lines
+           around "During handling of ...", Node's blank line before the error of an uncaught exception);
+           only returned while a group is open
+    END    the line belongs to the open group and closes it (`multiline_end`)
 
-`state.group` says whether a group is open; `state.mode` is free for the mode (e.g. Python's traceback phase).
+`state.group` says whether a group is open; `state.mode` is free for the mode (e.g. Python's traceback phase);
+`state.held` are the HOLD lines waiting.
 The rules for java, python and go are those of shared/testdata/containers/README.md; node and ruby follow the
 same idea for their runtimes' stack traces. Modes never look at more than the current line and their state.
 """
@@ -19,12 +22,13 @@ import re
 from collections.abc import Callable
 from typing import Any, Protocol
 
-START, CONT, SOLO, HOLD = 0, 1, 2, 3
+START, CONT, SOLO, HOLD, END = 0, 1, 2, 3, 4
 
 
 class StreamState(Protocol):
     group: Any  # the open group, or None
     mode: str
+    held: list[Any]
 
 
 Step = Callable[[str, StreamState], int]
@@ -37,7 +41,11 @@ _JAVA_START = re.compile(
     r"|\d\d-[A-Z][a-z]{2}-\d{4} \d\d:\d\d:\d\d"
     r"|(?:TRACE|DEBUG|INFO|WARN|WARNING|ERROR|FATAL|SEVERE)\s+\[?\d{4}-\d\d-\d\d"
     r'|Exception in thread "'
+    r"|[A-Z][a-z]{2} \d{1,2}, \d{4} \d{1,2}:\d\d:\d\d [AP]M "  # java.util.logging's first line; SEVERE: ... follows
 )
+# syslog (RFC 3164 as rsyslog/journald forward it): every line of a trace carries the prefix; the rules see the rest
+_SYSLOG = re.compile(r"(?:<\d{1,3}>)?[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ [\w./-]+(?:\[\d+\])?: ")
+_JAVA_TRACE_LINE = re.compile(r"\s|Caused by: |Suppressed: |\.\.\. \d+ |(?:[a-zA-Z_$][\w$]*\.)+[\w$]+(?::|$)")
 
 
 def json_line(msg: str) -> bool:
@@ -49,6 +57,14 @@ def json_line(msg: str) -> bool:
 def java(msg: str, st: StreamState) -> int:
     if _JAVA_START.match(msg):
         return START
+    if msg[:1].isupper() or msg[:1] == "<":
+        m = _SYSLOG.match(msg)
+        if m is not None:
+            # a syslog-prefixed line continues a trace only with a trace's shape; anything else is a new entry
+            rest = msg[m.end():]
+            if st.group is not None and not _JAVA_START.match(rest) and _JAVA_TRACE_LINE.match(rest):
+                return CONT
+            return START
     if st.group is None:
         return SOLO
     if msg[:1] != "{":  # the common continuation, without a call
@@ -128,22 +144,31 @@ def go(msg: str, st: StreamState) -> int:
 
 
 # Indented frames ("    at f (file.js:1:2)"), properties of an error object and its closing brace, the
-# "Node.js v20.11.1" footer of a crash.
-_NODE_CONT = re.compile(r"\s|[}\])]|Node\.js v\d")
-# An uncaught exception prints "file:line", the source line, a caret, a blank line, then the error itself.
+# "Node.js v20.11.1" footer of a crash, Node < 15's follow-up warnings of an unhandled rejection.
+_NODE_CONT = re.compile(r"\s|[}\])]|Node\.js v\d|\(node:\d+\) (?:UnhandledPromiseRejectionWarning: Unhandled promise|"
+                        r"\[DEP0018\])")
+# An uncaught exception prints "file:line", the source line (indented or not: a top-level `throw` is not), a caret,
+# a blank line, then the error itself: an Error, `[UnhandledPromiseRejection: ...] {` or any thrown value.
 _NODE_UNCAUGHT = re.compile(r"(?:/|[A-Za-z]:\\|file://|node:)\S*:\d+$")
-_NODE_ERROR = re.compile(r"(?:[\w$.]*(?:Error|Exception)|Uncaught )")
+_NODE_CARET = re.compile(r"\s*\^+\s*$")
 
 
 def node(msg: str, st: StreamState) -> int:
     open_ = st.group is not None
+    phase = st.mode if open_ else ""
     if not msg:
         return HOLD if open_ else SOLO
-    if _NODE_CONT.match(msg):
-        return CONT if open_ else SOLO
-    if open_ and st.mode == "uncaught" and _NODE_ERROR.match(msg):
+    if phase == "uncaught":  # the source line
+        st.mode = "source"
+        return CONT
+    if phase == "source" and _NODE_CARET.match(msg):
+        st.mode = "caret"
+        return CONT
+    if phase == "caret":  # after the caret (and its blank line): the error as Node displays it
         st.mode = "error"
         return CONT
+    if _NODE_CONT.match(msg):
+        return CONT if open_ else SOLO
     st.mode = "uncaught" if _NODE_UNCAUGHT.match(msg) else ""
     return START
 
@@ -163,13 +188,17 @@ def ruby(msg: str, st: StreamState) -> int:
     return START
 
 
-def custom(start: re.Pattern[str] | None, cont: re.Pattern[str] | None) -> Step:
+def custom(start: re.Pattern[str] | None, cont: re.Pattern[str] | None, end: re.Pattern[str] | None = None) -> Step:
     """`multiline_start`: a line matching it begins a group. `multiline_continue`: a line matching it joins the
-    open group. With only start, every other line continues; with only continue, every other line starts."""
+    open group. With only start, every other line continues; with only continue, every other line starts.
+    `multiline_end`: a line of the open group matching it joins and closes it (checked first)."""
     start_search = start.search if start is not None else None
     cont_search = cont.search if cont is not None else None
+    end_search = end.search if end is not None else None
 
     def step(msg: str, st: StreamState) -> int:
+        if end_search is not None and st.group is not None and end_search(msg):
+            return END
         if cont_search is not None and st.group is not None and cont_search(msg):
             return CONT
         if start_search is None:

@@ -9,6 +9,10 @@ Bounds: a group that would pass `max_lines` lines or `max_bytes` bytes is emitte
 trace goes on as a new group flagged `continued` (cut between lines: nothing is lost). A group gets no new line
 for `flush_after` seconds -> emitted on `flush`, so a quiet container's last trace is not held forever.
 
+A mode may come with a `prefilter(records) -> indices`: the records it can act on when their stream has no group
+open (for `auto`, the lines with a keyword). The others, in streams with no group open, are passed on in runs,
+with no per-line call: the same records as stepping each one, at the cost of one batch-level scan.
+
 It must never hold a line without telling `held_from()`, and never reorder the records of one stream.
 """
 
@@ -19,9 +23,20 @@ from collections.abc import Callable
 from typing import Any
 
 from logagent.parsers.base import LineJoiner
-from logagent.parsers.modes import CONT, HOLD, START, Step
+from logagent.parsers.modes import CONT, END, HOLD, START, Step
 from logagent.parsers.partials import add_flags, text_bytes
 from logagent.record import Record
+
+Prefilter = Callable[[list[Record]], list[int]]
+
+
+def _shape(records: list[Record]) -> None:
+    """Raw lines (volume files) get the `fragments`/`lines` of grouped output, so every record has one shape."""
+    if records and "lines" not in records[0]:
+        for rec in records:
+            if "lines" not in rec:
+                rec["fragments"] = 1
+                rec["lines"] = 1
 
 
 class _Group:
@@ -68,9 +83,11 @@ def merge(records: list[Record], continued: bool = False, truncated: bool = Fals
 
 class MultilineJoiner:
     def __init__(self, inner: LineJoiner, step: Step, flush_after: float = 2.0, max_lines: int = 1000,
-                 max_bytes: int = 1 << 20, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_bytes: int = 1 << 20, clock: Callable[[], float] = time.monotonic,
+                 prefilter: Prefilter | None = None) -> None:
         self.inner = inner
         self.step = step
+        self.prefilter = prefilter
         self.flush_after = flush_after
         self.max_lines = max_lines
         self.max_bytes = max_bytes
@@ -82,11 +99,51 @@ class MultilineJoiner:
         return self._group(records) if records else records
 
     def _group(self, records: list[Record]) -> list[Record]:
+        if self.prefilter is None:
+            return self._step_all(records, self.clock())
+        return self._group_filtered(records, self.prefilter(records))
+
+    def _group_filtered(self, records: list[Record], hits: list[int]) -> list[Record]:
+        """Runs of records that are no hit, while no stream has a group open, pass as they are (slices)."""
+        streams = self.streams
+        n = len(records)
+        if not hits and all(st.group is None for st in streams.values()):
+            _shape(records)
+            return records
+        now = self.clock()
         out: list[Record] = []
+        hit_set = set(hits)
+        hits.append(n)
+        h = 0  # hits[h] is the next hit at or after i
+        i = 0
+        while i < n:
+            if all(st.group is None for st in streams.values()):
+                while hits[h] < i:
+                    h += 1
+                j = hits[h]
+                if j > i:
+                    run = records[i:j]
+                    _shape(run)
+                    out.extend(run)
+                    i = j
+                    if i >= n:
+                        break
+            rec = records[i]
+            st = streams.get(rec.get("stream"))
+            if i in hit_set or (st is not None and st.group is not None):
+                self._step_all([rec], now, out)
+            else:
+                _shape([rec])
+                out.append(rec)
+            i += 1
+        return out
+
+    def _step_all(self, records: list[Record], now: float, out: list[Record] | None = None) -> list[Record]:
+        if out is None:
+            out = []
         emit = out.append
         step = self.step
         streams = self.streams
-        now = self.clock()
         for rec in records:
             if "flags" in rec and "unparsed" in rec["flags"]:
                 emit(rec)
@@ -99,7 +156,7 @@ class MultilineJoiner:
             if st is None:
                 st = streams[key] = _Stream()
             action = step(rec["message"], st)
-            if action == CONT:
+            if action == CONT or action == END:
                 group = st.group
                 assert group is not None
                 for r in st.held:
@@ -108,6 +165,8 @@ class MultilineJoiner:
                     assert group is not None
                 st.held.clear()
                 self._append(st, group, rec, out)
+                if action == END:  # the line ends its group: emitted now, not at the next line or the timeout
+                    self._close(st, out)
             elif action == START:
                 if st.group is not None:
                     self._close(st, out)
