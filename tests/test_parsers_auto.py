@@ -78,7 +78,8 @@ def test_false_joins_on_the_whole_corpus_are_zero() -> None:
         corpus = load(name)
         o, j, t, b = false_joins(corpus, per_stream(run(corpus.cri())))
         ordinary, joined, traces, broken = ordinary + o, joined + j, traces + t, broken + b
-    print(f"\nauto corpus: {ordinary} ordinary lines, {joined} falsely joined; {traces} traces, {broken} not one record")
+    print(f"\nauto corpus: {ordinary} ordinary lines, {joined} falsely joined; "
+          f"{traces} traces, {broken} not one record")
     assert ordinary >= 150 and traces >= 55
     assert joined == 0 and broken == 0
 

@@ -50,7 +50,7 @@ def has_keyword(msg: str) -> bool:
 
 def hits(records: Sequence[dict[str, object]]) -> list[int]:
     """Indices of the records whose message contains a keyword, in order: one pass over the whole batch."""
-    msgs: list[str] = list(map(_MESSAGE, records))  # type: ignore[arg-type]
+    msgs: list[str] = list(map(_MESSAGE, records))
     if _AUTOMATON is None:
         return [i for i, m in enumerate(msgs) if _KEYWORD.search(m)]
     data = "\n".join(msgs).encode("utf-8", "surrogatepass")
@@ -133,7 +133,9 @@ _GO_CONT = re.compile(
 )
 _GO_EXIT = re.compile(r"exit status \d+$")
 RUBY_FRAME = re.compile(r"(?:\s+from )?\S+?:\d+:in [`'][^`']*'$|\s*\.\.\. \d+ levels\.\.\.$")
-_PHP_CONT = re.compile(r"(?:PHP )?(?:Stack trace:$|#\d+ |\s+\d+\. |Next [\w\\]+)|\[stacktrace\]$|\[previous exception\] ")
+_PHP_CONT = re.compile(
+    r"(?:PHP )?(?:Stack trace:$|#\d+ |\s+\d+\. |Next [\w\\]+)|\[stacktrace\]$|\[previous exception\] "
+)
 _PHP_HEAD = re.compile(r"(?:PHP )?Stack trace:$|\[stacktrace\]$")  # what may follow a header (not bare `#0`)
 _PHP_END = re.compile(r"(?:PHP )?\s*thrown in .+ on line \d+$|\"\}\s*$")
 _DART_FRAME = re.compile(r"#\d+\s+\S.*\(.*\)$|<asynchronous suspension>$")
