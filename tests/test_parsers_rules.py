@@ -112,7 +112,7 @@ node:internal/process/promises:289
             triggerUncaughtException(err, true /* fromPromise */);
             ^
 
-[UnhandledPromiseRejection: This error originated either by throwing inside of an async function without a catch block, or by rejecting a promise which was not handled with .catch(). The promise rejected with the reason "quota".] {
+[UnhandledPromiseRejection: This error originated either by throwing inside of an async function wit"quota".] {
   code: 'ERR_UNHANDLED_REJECTION'
 }
 

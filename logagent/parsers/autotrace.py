@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from operator import itemgetter
+from typing import Any
 
 from logagent.parsers.modes import CONT, HOLD, SOLO, START, StreamState, json_line
 
@@ -48,25 +49,31 @@ def has_keyword(msg: str) -> bool:
     return _KEYWORD.search(msg) is not None
 
 
-def hits(records: Sequence[dict[str, object]]) -> list[int]:
-    """Indices of the records whose message contains a keyword, in order: one pass over the whole batch."""
+def hits(records: Sequence[dict[str, Any]]) -> list[int]:
+    """Indices of the records whose message contains a keyword, in order: one pass over the whole batch. A whole-line
+    JSON object is never one (it is a record of its own, whatever its fields say)."""
     msgs: list[str] = list(map(_MESSAGE, records))
     if _AUTOMATON is None:
-        return [i for i, m in enumerate(msgs) if _KEYWORD.search(m)]
-    data = "\n".join(msgs).encode("utf-8", "surrogatepass")
+        return [i for i, m in enumerate(msgs) if _KEYWORD.search(m) and not json_line(m)]
+    text = "\n".join(msgs)
+    data = text.encode("utf-8", "surrogatepass")
     found = _AUTOMATON.find_matches_as_indexes(data)
     if not found:
         return []
-    if data.count(b"\n") != len(msgs) - 1:  # a message with a newline of its own: positions do not map to lines
-        return [i for i, m in enumerate(msgs) if _KEYWORD.search(m)]
+    if text.count("\n") != len(msgs) - 1:  # a message with a newline of its own: positions do not map to lines
+        return [i for i, m in enumerate(msgs) if _KEYWORD.search(m) and not json_line(m)]
     out: list[int] = []
     line = 0
     pos = 0
-    for _, start, _ in found:
+    last = -1
+    for _, start, _ in found:  # positions in order: the line of each is the newlines before it
         line += data.count(b"\n", pos, start)
         pos = start
-        if not out or out[-1] != line:
-            out.append(line)
+        if line != last:
+            last = line
+            m = msgs[line]
+            if m[:1] != "{" or not json_line(m):
+                out.append(line)
     return out
 
 
@@ -98,7 +105,7 @@ EXCEPTION_LINE = re.compile(r"(?:Exception in thread \"[^\"]*\" |Unhandled excep
 _LOGGED_EXCEPTION = re.compile(_EXCEPTION_CLASS)
 _PY_TRACEBACK = re.compile(r"Traceback \(most recent call last\):$")
 _PY_GROUP = re.compile(r"\s*\+ Exception Group Traceback \(most recent call last\):$")
-_GO_START = re.compile(r"(?:panic: |fatal error: |SIG[A-Z]+: |.*?\b(?:http2?: panic serving |Observed a panic))")
+_GO_START = re.compile(r"panic: |fatal error: |SIG[A-Z]+: ")  # and "panic serving", "Observed a panic" anywhere
 _GO_GOROUTINE = re.compile(r"goroutine \d+ .*\]:$")
 _NODE_BANNER = re.compile(r"(?:/|[A-Za-z]:\\|file://|node:)\S*:\d+$")
 _NODE_REJECTION = re.compile(r"\(node:\d+\) UnhandledPromiseRejectionWarning: ")
@@ -149,8 +156,13 @@ def _blank(text: str) -> bool:
     return not text or text.isspace()
 
 
+_NEVER_AFTER_HEADER = frozenset("0123456789{")  # log lines and JSON: a new entry, never a trace's first line
+
+
 def _after_header(b: str, st: StreamState) -> int | None:
     """A header (or a line like one) is open: only a trace's first lines take it."""
+    if b[:1] in _NEVER_AFTER_HEADER:
+        return None
     if _blank(b):
         return HOLD if len(st.held) < MAX_HELD else None
     if _PY_TRACEBACK.match(b):
@@ -317,8 +329,15 @@ def _continue(b: str, st: StreamState) -> int | None:
 
 def _begin(msg: str, b: str, st: StreamState) -> int:
     """A line in a stream with no group (or one its group does not take): a start, or a record of its own."""
-    if not has_keyword(msg) or json_line(b):
+    if not st.hit or json_line(b):
         return SOLO
+    if "panic serving " in b or "Observed a panic" in b:  # a log line reporting a recovered panic
+        st.mode = "go"
+        return START
+    first = b[:1]
+    if first.isdigit() or first == "[" or first == "{":
+        st.mode = "hdr"  # a log line (timestamp, bracketed header): only a header
+        return START
     if _PY_TRACEBACK.match(b):
         st.mode = "py"
     elif _PY_GROUP.match(b):
@@ -331,7 +350,7 @@ def _begin(msg: str, b: str, st: StreamState) -> int:
         st.mode = "exc"
     elif _PHP_START.match(b):
         st.mode = "php"
-    elif _RUBY_UNCAUGHT.match(b):
+    elif ":in " in b and _RUBY_UNCAUGHT.match(b):
         st.mode = "rb"
     elif _DART_START.match(b):
         st.mode = "dartmsg"

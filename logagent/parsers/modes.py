@@ -11,7 +11,7 @@ Each mode is a `step(message, stream_state) -> action` function; `MultilineJoine
     END    the line belongs to the open group and closes it (`multiline_end`)
 
 `state.group` says whether a group is open; `state.mode` is free for the mode (e.g. Python's traceback phase);
-`state.held` are the HOLD lines waiting.
+`state.held` are the HOLD lines waiting; `state.hit` is the prefilter's verdict on the line.
 The rules for java, python and go are those of shared/testdata/containers/README.md; node and ruby follow the
 same idea for their runtimes' stack traces. Modes never look at more than the current line and their state.
 """
@@ -29,6 +29,7 @@ class StreamState(Protocol):
     group: Any  # the open group, or None
     mode: str
     held: list[Any]
+    hit: bool  # the mode's prefilter found a keyword in the line (True for modes without one)
 
 
 Step = Callable[[str, StreamState], int]

@@ -50,11 +50,12 @@ class _Group:
 
 
 class _Stream:
-    __slots__ = ("group", "held", "mode", "updated")
+    __slots__ = ("group", "held", "hit", "mode", "updated")
 
     def __init__(self) -> None:
         self.group: _Group | None = None
         self.mode = ""  # the mode's own phase
+        self.hit = True  # the prefilter's verdict on the line being stepped (True without a prefilter)
         self.held: list[Record] = []  # HOLD lines waiting for a continuation
         self.updated = 0.0
 
@@ -116,8 +117,10 @@ class MultilineJoiner:
         hits.append(n)
         h = 0  # hits[h] is the next hit at or after i
         i = 0
+        step_all = self._step_all
+        any_open = not all(st.group is None for st in streams.values())
         while i < n:
-            if all(st.group is None for st in streams.values()):
+            if not any_open:
                 while hits[h] < i:
                     h += 1
                 j = hits[h]
@@ -129,16 +132,21 @@ class MultilineJoiner:
                     if i >= n:
                         break
             rec = records[i]
+            hit = i in hit_set
             st = streams.get(rec.get("stream"))
-            if i in hit_set or (st is not None and st.group is not None):
-                self._step_all([rec], now, out)
+            if hit or (st is not None and st.group is not None):
+                step_all([rec], now, out, hit)
+                any_open = not all(st.group is None for st in streams.values())
             else:
                 _shape([rec])
                 out.append(rec)
             i += 1
         return out
 
-    def _step_all(self, records: list[Record], now: float, out: list[Record] | None = None) -> list[Record]:
+    def _step_all(self, records: list[Record], now: float, out: list[Record] | None = None,
+                  hit: bool = True) -> list[Record]:
+        """Every record through the mode's step; `hit` (the prefilter's verdict on these records) is left in the
+        stream state for the step to read."""
         if out is None:
             out = []
         emit = out.append
@@ -155,6 +163,7 @@ class MultilineJoiner:
             st = streams.get(key)
             if st is None:
                 st = streams[key] = _Stream()
+            st.hit = hit
             action = step(rec["message"], st)
             if action == CONT or action == END:
                 group = st.group
