@@ -164,6 +164,10 @@ async def test_a_corrupt_checkpoint_db_is_moved_aside_counted_and_the_agent_runs
     state.mkdir()
     garbage = b"this is not an SQLite database\n" * 200
     (state / "checkpoints.db").write_bytes(garbage)
+    status = subprocess.run([sys.executable, "-m", "logagent", "status", "--state-dir", str(state)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert (status.returncode, status.stderr) == (
+        1, f"logagent: {state / 'checkpoints.db'}: not a readable checkpoint database: file is not a database\n")
     cfg = config(tmp_path, rec.url)
     agent = Agent(cfg, tmp_path)
     try:
