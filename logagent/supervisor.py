@@ -134,17 +134,20 @@ class Supervisor:
         Cancellation ends it."""
         stop = stopping or self.stopping
         backoff = INITIAL_BACKOFF
+        last_reason: str | None = None  # a failure like the last one is logged without its traceback again
         while True:
             self.health.set(kind, name, RUNNING)
             started = time.monotonic()
-            reason = await self._once(kind, name, body, stop)
+            reason = await self._once(kind, name, body, stop, quiet=last_reason)
             if reason is None:
                 self.health.set(kind, name, STOPPED)
                 return
+            last_reason = reason
             metrics.ERRORS.labels(component=name, kind=f"{kind}_crashed").inc()
             RESTARTS.labels(component=name, kind=kind).inc()
             if time.monotonic() - started >= HEALTHY_RUN:
                 backoff = INITIAL_BACKOFF
+                last_reason = None
             st = self.health.components.get((kind, name))
             if st is not None:
                 st.restarts += 1
@@ -169,7 +172,7 @@ class Supervisor:
                     reason = f"restart failed: {type(e).__name__}: {e}"[:300]
 
     async def _once(self, kind: str, name: str, body: Callable[[], Awaitable[None]],
-                    stop: Callable[[], bool]) -> str | None:
+                    stop: Callable[[], bool], quiet: str | None = None) -> str | None:
         """None when the body ended as it should (while stopping), else why it failed."""
         try:
             await body()
@@ -180,8 +183,13 @@ class Supervisor:
             if stop():
                 log.exception("component failed while stopping", extra={"component": name, "kind": kind})
                 return None
-            log.exception("component failed; restarting it", extra={"component": name, "kind": kind})
-            return f"{type(e).__name__}: {e}"[:300]
+            reason = f"{type(e).__name__}: {e}"[:300]
+            if reason == quiet:  # the same failure again: its traceback was logged the first time
+                log.error("component failed again; restarting it", extra={"component": name, "kind": kind,
+                                                                         "reason": reason})
+            else:
+                log.exception("component failed; restarting it", extra={"component": name, "kind": kind})
+            return reason
         if stop():
             return None
         log.error("component task ended unexpectedly; restarting it", extra={"component": name, "kind": kind})
