@@ -167,7 +167,7 @@ async def test_a_corrupt_checkpoint_db_is_moved_aside_counted_and_the_agent_runs
     status = subprocess.run([sys.executable, "-m", "logagent", "status", "--state-dir", str(state)],
                             capture_output=True, text=True, timeout=60, check=False)
     assert (status.returncode, status.stderr) == (
-        1, f"logagent: {state / 'checkpoints.db'}: not a readable checkpoint database: file is not a database\n")
+        1, f"logagent: cannot read the checkpoint store {state / 'checkpoints.db'}: file is not a database\n")
     cfg = config(tmp_path, rec.url)
     agent = Agent(cfg, tmp_path)
     try:
