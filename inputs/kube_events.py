@@ -163,7 +163,12 @@ class KubeEventsInput(Input):
     # -- leadership -----------------------------------------------------------------------------------------
     async def run(self, emit: Emit) -> None:
         s = self.settings
-        creds = s.access.credentials()
+        try:
+            creds = s.access.credentials()
+        except (ValueError, OSError) as e:
+            metrics.ERRORS.labels(component=self.name, kind="api_config").inc()
+            self.log.error("kubernetes API credentials unusable; cluster events are not read", extra={"error": str(e)})
+            return
         if creds is None:
             self.log.error("not in a cluster and no api_server or kubeconfig set; cluster events are not read")
             return
@@ -218,6 +223,13 @@ class KubeEventsInput(Input):
                 metrics.ERRORS.labels(component=self.name, kind="api_unavailable").inc()
                 self.log.warning("events request failed; retrying", extra={
                     "error": f"{type(e).__name__}: {str(e)[:200]}", "retry_in": round(delay, 3)})
+                await asyncio.sleep(delay)
+            except Exception:
+                # whatever the server sent, collection must go on: log it loudly, list again after a pause
+                delay = backoff.next()
+                metrics.ERRORS.labels(component=self.name, kind="watch_failed").inc()
+                self.log.exception("events watch failed unexpectedly; listing again", extra={"retry_in": delay})
+                rv = None
                 await asyncio.sleep(delay)
 
     async def _list(self, client: ApiClient, emit: Emit) -> str:

@@ -137,7 +137,15 @@ class EventRecorder:
                     continue
                 for key in due:
                     await self._take_token()
-                    await self._post(key)
+                    try:
+                        await self._post(key)
+                    except Exception:
+                        # a bug must not end the reporting of every later problem: drop this series, go on
+                        self.stats.failed += 1
+                        metrics.ERRORS.labels(component="kubernetes-events", kind="event_failed").inc()
+                        log.exception("posting a node problem event failed unexpectedly; dropped")
+                        self._dirty.pop(key, None)
+                        self._series.pop(key, None)
 
     async def flush(self, timeout: float) -> None:
         """At shutdown: post what is pending within `timeout` (best effort; the rest is logged)."""

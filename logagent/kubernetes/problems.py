@@ -241,5 +241,11 @@ class NodeProblems(Stage):
                                    "retry_in": round(wait, 3)})
                 await asyncio.sleep(wait)  # a change meanwhile waits for the retry too: it is in the next body
                 continue
+            except Exception:
+                wait = backoff.next()
+                metrics.ERRORS.labels(component=self.name, kind="node_status_patch").inc()
+                log.exception("patching node conditions failed unexpectedly; retrying", extra={"node": self.node})
+                await asyncio.sleep(wait)
+                continue
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), wait)
