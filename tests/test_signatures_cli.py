@@ -109,6 +109,7 @@ def test_plain_lines_on_stdin_print_only_problems() -> None:
     rc, incidents, err = classify("-", stdin=text.encode())
     assert rc == 0, err
     assert incidents == [{"category": "fs", "signature": "xfs_shutdown", "severity": "critical", "permanent": True,
+                          "cause": "xfs_shutdown",
                           "fields": {"device": "dm-6"},
                           "first_line": "XFS (dm-6): I/O Error Detected. Shutting down filesystem",
                           "last_line": "XFS (dm-6): I/O Error Detected. Shutting down filesystem",

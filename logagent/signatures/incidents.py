@@ -84,6 +84,12 @@ class Incident:
         return [p for p, _ in self.headlines]
 
     @property
+    def cause(self) -> str:
+        """The first headline's signature: what started the report (the oops behind `Kernel panic - not syncing:
+        Fatal exception`, the RCU stall before the soft lockup)."""
+        return self.headlines[0][1].rule.signature
+
+    @property
     def signatures(self) -> list[str]:
         """Every headline signature, first occurrence order (e.g. nvme timeout, I/O error, remount...)."""
         return list(dict.fromkeys(m.rule.signature for _, m in self.headlines))
@@ -104,6 +110,7 @@ class Incident:
             "signature": self.signature,
             "severity": self.severity,
             "permanent": self.permanent,
+            "cause": self.cause,
             "fields": self.fields(),
             "first_line": self.first_line,
             "last_line": self.last_line,
@@ -122,14 +129,19 @@ class _SourceState:
     index: int = 0  # records fed so far: a record's index is its place in this source's stream
     open: dict[str, Incident] = field(default_factory=dict)  # group -> the open incident
     current: Incident | None = None  # the incident the last headline/context record went to
+    claimed: int = -1  # index of the last record that went into an incident
+    # the previous batch's trailing lead-in lines: (index, message, position, time), oldest first
+    tail: list[tuple[int, str, tuple[Any, Any], float | None]] = field(default_factory=list)
 
 
 class IncidentAssembler:
     """Feeds batches of kernel messages through the rules and returns the incidents that closed."""
 
     def __init__(self, rules: RuleSet, max_lines: int = 200, max_records: int = 5000, context_gap: int = 50,
-                 context_window: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 context_window: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 lead_in_lines: int = 5) -> None:
         self.rules = rules
+        self.lead_in_lines = lead_in_lines if rules.lead_in else 0
         self.max_lines = max_lines
         self.max_records = max_records
         self.context_gap = context_gap
@@ -166,15 +178,21 @@ class IncidentAssembler:
                 i = hits[h]  # nothing open to fold into: skip straight to the next headline
             if h < len(hits) and hits[h] == i:
                 h += 1
-                self._headline(st, base + i, messages[i], matches[i], pos_of(i), time_of(i),
-                               userspace_of(i) if userspace_of is not None else False, now, closed)
+                opened = self._headline(st, base + i, messages[i], matches[i], pos_of(i), time_of(i),
+                                        userspace_of(i) if userspace_of is not None else False, now, closed)
+                if opened is not None and self.lead_in_lines:
+                    self._lead_in(st, opened, messages, base, i, pos_of, time_of)
+                st.claimed = base + i
             elif cur is not None and is_context(messages[i]):
                 t = time_of(i)
                 if t is not None and cur.last_time is not None and t - cur.last_time > self.context_window:
                     st.current = None  # a stray indented line long after the report is not part of it
                 else:
                     self._add(cur, base + i, messages[i], pos_of(i), t, now, headline=False)
+                    st.claimed = base + i
             i += 1
+        if self.lead_in_lines:
+            self._keep_tail(st, messages, base, pos_of, time_of)
         st.index = base + n
         if n:
             newest = time_of(n - 1)
@@ -213,16 +231,31 @@ class IncidentAssembler:
     def _window(self, inc: Incident) -> float:
         return self.rules.window(inc.group, inc.headlines[0][1].rule.category)
 
+    def _joins(self, inc: Incident, match: Match) -> bool:
+        """May this headline join the open incident of its group? `join_on` fields must agree where both have
+        them (another interface's watchdog is another report); an `opens` rule joins only an incident holding
+        one of its `joins` signatures (a soft lockup after the RCU stall of the same CPU)."""
+        rule = match.rule
+        if rule.join_on:
+            have = inc.fields()
+            if any(f in match.fields and f in have and match.fields[f] != have[f] for f in rule.join_on):
+                return False
+        if rule.opens:
+            return bool(rule.joins) and any(m.rule.signature in rule.joins for _, m in inc.headlines)
+        return True
+
     def _headline(self, st: _SourceState, index: int, message: str, match: Match, pos: tuple[Any, Any],
-                  t: float | None, injected: bool, now: float, closed: list[Incident]) -> None:
+                  t: float | None, injected: bool, now: float, closed: list[Incident]) -> Incident | None:
+        """File one headline; the incident when it opened a new one."""
         rule = match.rule
         inc = st.open.get(rule.group)
+        opened = None
         if inc is not None:
             if t is not None and inc.last_time is not None:
                 joinable = t - inc.last_time <= self._window(inc)
             else:
                 joinable = index - inc.last_index <= self.context_gap
-            if rule.opens or not joinable or inc.records >= self.max_records:
+            if not joinable or inc.records >= self.max_records or not self._joins(inc, match):
                 closed.append(self._close(st, inc))
                 inc = None
         if inc is None:
@@ -230,11 +263,55 @@ class IncidentAssembler:
                            last_pos=pos[1], first_index=index, last_index=index, first_time=t, last_time=t,
                            last_arrival=now, first_line=message, last_line=message)
             st.open[rule.group] = inc
+            opened = inc
         inc.headlines.append((pos[0], match))
         if injected:
             inc.injected = True
         self._add(inc, index, message, pos, t, now, headline=True)
         st.current = inc
+        return opened
+
+    def _lead_in(self, st: _SourceState, inc: Incident, messages: Sequence[str], base: int, i: int,
+                 pos_of: PosOf, time_of: TimeOf) -> None:
+        """Lines right before a new report's first headline that introduce it (rules file `lead_in`) join it,
+        unless another incident took them already. Looks back at most `lead_in_lines` records, into the
+        previous batch's tail when the headline is at the start of this one."""
+        lead: list[tuple[int, str, tuple[Any, Any], float | None]] = []
+        j = i - 1
+        tail = list(st.tail)
+        while len(lead) < self.lead_in_lines:
+            index = base + j
+            if index <= st.claimed:
+                break
+            if j >= 0:
+                if not self.rules.is_lead_in(messages[j]):
+                    break
+                lead.append((index, messages[j], pos_of(j), time_of(j)))
+            else:
+                if not tail or tail[-1][0] != index:
+                    break
+                lead.append(tail.pop())
+            j -= 1
+        if not lead:
+            return
+        lead.reverse()
+        inc.lines[:0] = [m for _, m, _, _ in lead]
+        inc.records += len(lead)
+        inc.first_index, inc.first_pos = lead[0][0], lead[0][2][0]
+        first_time = next((t for _, _, _, t in lead if t is not None), None)
+        if first_time is not None:
+            inc.first_time = first_time
+
+    def _keep_tail(self, st: _SourceState, messages: Sequence[str], base: int, pos_of: PosOf,
+                   time_of: TimeOf) -> None:
+        """The trailing lead-in lines of this batch, for a headline at the start of the next one."""
+        tail: list[tuple[int, str, tuple[Any, Any], float | None]] = []
+        j = len(messages) - 1
+        while j >= 0 and len(tail) < self.lead_in_lines and self.rules.is_lead_in(messages[j]):
+            tail.append((base + j, messages[j], pos_of(j), time_of(j)))
+            j -= 1
+        tail.reverse()
+        st.tail = tail
 
     def _add(self, inc: Incident, index: int, message: str, pos: tuple[Any, Any], t: float | None, now: float,
              headline: bool) -> None:

@@ -53,16 +53,44 @@ class Rule:
     opens: bool
     rank: int
     source: str
+    join_on: tuple[str, ...] = ()  # fields that must agree (when both have them) to join an open incident
+    joins: tuple[str, ...] = ()  # an `opens` rule still joins an open incident that has one of these signatures
+    glued: tuple[re.Pattern[str], ...] = ()  # the `^`-anchored patterns without their anchor (console interleaving)
 
     def match(self, message: str) -> dict[str, str] | None:
-        """Fields from the first matching pattern, or None. Empty named groups are left out."""
+        """Fields from the first matching pattern, or None. Empty named groups are left out.
+
+        A headline the console glued to the end of another line (`...new USB deviceBUG: unable to handle...`)
+        is found by the anchored patterns too, at a keyword that starts where a line could: right after a
+        non-space character that is not a lower-case letter running into a lower-case word. A keyword after a
+        space is ordinary text and never matched this way."""
         if self.exclude is not None and self.exclude.search(message):
             return None
         for pat in self.patterns:
             m = pat.search(message)
             if m is not None:
                 return {k: v.strip() for k, v in m.groupdict().items() if v}
+        if self.glued:
+            for at in self._glue_points(message):
+                for pat in self.glued:
+                    m = pat.match(message, at)
+                    if m is not None:
+                        tail = message[at:]
+                        if self.exclude is not None and self.exclude.search(tail):
+                            return None
+                        return {k: v.strip() for k, v in m.groupdict().items() if v}
         return None
+
+    def _glue_points(self, message: str) -> list[int]:
+        points: list[int] = []
+        for k in self.keywords:
+            at = message.find(k, 1)
+            while at > 0:
+                before, first = message[at - 1], message[at]
+                if not before.isspace() and not (before.isalpha() and first.islower()) and before not in "'\"`(":
+                    points.append(at)
+                at = message.find(k, at + 1)
+        return sorted(set(points))
 
 
 @dataclass(frozen=True)
@@ -76,6 +104,7 @@ class RuleSet:
     rules: list[Rule]
     context: list[re.Pattern[str]]
     group_windows: dict[str, float]
+    lead_in: list[re.Pattern[str]] = field(default_factory=list)
     _prefilter: re.Pattern[str] = field(init=False)
     _context_re: re.Pattern[str] = field(init=False)
     _automaton: Any = field(init=False, default=None)
@@ -89,6 +118,7 @@ class RuleSet:
         if ahocorasick_rs is not None and keywords:
             self._automaton = ahocorasick_rs.AhoCorasick(keywords)
         self._context_re = re.compile("|".join(f"(?:{p.pattern})" for p in self.context) or r"(?!x)x")
+        self._lead_in_re = re.compile("|".join(f"(?:{p.pattern})" for p in self.lead_in) or r"(?!x)x")
 
     def _keyword_starts(self, text: str) -> list[int]:
         """Start offsets (in characters) of keyword occurrences; not necessarily all of them, but at least one
@@ -165,6 +195,10 @@ class RuleSet:
     def is_context(self, message: str) -> bool:
         return self._context_re.match(message) is not None
 
+    def is_lead_in(self, message: str) -> bool:
+        """A line a driver prints just before its headline (the GPU's identification before an Xid)."""
+        return self._lead_in_re.match(message) is not None
+
     def window(self, group: str, category: str) -> float:
         w = self.group_windows
         return w.get(group, w.get(category, w.get("default", 60.0)))
@@ -174,7 +208,7 @@ class RuleSet:
         drop = set(names)
         if not drop:
             return self
-        return RuleSet([r for r in self.rules if r.name not in drop], self.context, self.group_windows)
+        return RuleSet([r for r in self.rules if r.name not in drop], self.context, self.group_windows, self.lead_in)
 
     def by_name(self, name: str) -> Rule | None:
         for r in self.rules:
@@ -197,7 +231,7 @@ def _rule(data: Any, where: str) -> Rule:
     if not isinstance(data, dict):
         raise RulesError(f"{where}: expected a mapping")
     known = {"name", "signature", "category", "severity", "permanent", "keywords", "patterns", "exclude", "group",
-             "opens", "rank", "description"}
+             "opens", "rank", "description", "join_on", "joins"}
     unknown = set(data) - known
     if unknown:
         raise RulesError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
@@ -219,6 +253,11 @@ def _rule(data: Any, where: str) -> Rule:
     if not isinstance(patterns, list) or not patterns:
         raise RulesError(f"{where}.patterns: expected a non-empty list of regexes")
     exclude = data.get("exclude")
+    join_on, joins = data.get("join_on", []), data.get("joins", [])
+    for key, value in (("join_on", join_on), ("joins", joins)):
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise RulesError(f"{where}.{key}: expected a list of names")
+    compiled = tuple(_compile(p, f"{where}.patterns[{i}]") for i, p in enumerate(patterns))
     return Rule(
         name=name,
         signature=sig,
@@ -226,12 +265,15 @@ def _rule(data: Any, where: str) -> Rule:
         severity=sev,
         permanent=bool(data.get("permanent", False)),
         keywords=tuple(keywords),
-        patterns=tuple(_compile(p, f"{where}.patterns[{i}]") for i, p in enumerate(patterns)),
+        patterns=compiled,
         exclude=_compile(exclude, f"{where}.exclude") if exclude is not None else None,
         group=str(data.get("group", cat)),
         opens=bool(data.get("opens", False)),
         rank=int(data.get("rank", SEVERITIES[sev])),
         source=where,
+        join_on=tuple(join_on),
+        joins=tuple(joins),
+        glued=tuple(re.compile(p.pattern[1:]) for p in compiled if p.pattern.startswith("^")),
     )
 
 
@@ -244,7 +286,7 @@ def _load_doc(text: str, file: str) -> dict[str, Any]:
         return {}
     if not isinstance(doc, dict):
         raise RulesError(f"{file}: expected a mapping with `rules:`")
-    unknown = set(doc) - {"version", "groups", "context", "rules", "disable"}
+    unknown = set(doc) - {"version", "groups", "context", "lead_in", "rules", "disable"}
     if unknown:
         raise RulesError(f"{file}: unknown top-level key(s) {', '.join(sorted(unknown))}")
     return doc
@@ -269,6 +311,7 @@ def load_rules(rules_files: Iterable[str] = (), disable: Iterable[str] = (), inc
 
     rules: list[Rule] = []
     context: list[re.Pattern[str]] = []
+    lead_in: list[re.Pattern[str]] = []
     windows: dict[str, float] = {}
     disabled: set[str] = set(disable)
     for file, doc in docs:
@@ -279,6 +322,8 @@ def load_rules(rules_files: Iterable[str] = (), disable: Iterable[str] = (), inc
                 raise RulesError(f"{file}: groups.{k}: expected seconds, got {v!r}") from None
         for i, p in enumerate(doc.get("context") or []):
             context.append(_compile(p, f"{file}: context[{i}]"))
+        for i, p in enumerate(doc.get("lead_in") or []):
+            lead_in.append(_compile(p, f"{file}: lead_in[{i}]"))
         disabled.update(str(n) for n in doc.get("disable") or [])
         user_new: list[Rule] = []
         for i, data in enumerate(doc.get("rules") or []):
@@ -294,7 +339,7 @@ def load_rules(rules_files: Iterable[str] = (), disable: Iterable[str] = (), inc
                     user_new.append(rule)
         rules = user_new + rules
     rules = [r for r in rules if r.name not in disabled]
-    return RuleSet(rules, context, windows)
+    return RuleSet(rules, context, windows, lead_in)
 
 
 _DEFAULT: RuleSet | None = None
