@@ -10,6 +10,7 @@ resourceVersion (the receiver answers a second create of an id with 409, as Elas
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -161,3 +162,34 @@ async def test_filters_by_type_namespace_reason_and_kind(api: FakeApiServer, tmp
         await p.shutdown()
     assert [r["event_name"] for r in read_output(out)] == ["a.1", "f.1"]
     assert read_output(out)[0]["input"] == "cluster-events"
+
+
+async def test_two_electors_racing_for_an_expired_lease_one_wins_the_other_gets_409(api: FakeApiServer) -> None:
+    from logagent.kubernetes.api import ApiCredentials
+    from logagent.kubernetes.client import ApiClient
+    from logagent.kubernetes.lease import LeaderElector
+
+    clients = [ApiClient(ApiCredentials(server=api.url)) for _ in range(3)]
+    try:
+        old, a, b = (LeaderElector(c, "logagent", "race", ident, lease_duration=1.0, renew_deadline=0.6,
+                                   retry_period=0.2) for c, ident in zip(clients, ("old", "a", "b"), strict=True))
+        assert await old.try_acquire_or_renew()
+        # both see the lease held by "old"; it is not renewed, so on their own clocks it expires
+        assert not await a.try_acquire_or_renew() and not await b.try_acquire_or_renew()
+        deadline = asyncio.get_running_loop().time() + 1.1
+        while asyncio.get_running_loop().time() < deadline:  # the lease's duration passing, not a condition
+            await asyncio.sleep(0.1)
+        won = await asyncio.gather(a.try_acquire_or_renew(), b.try_acquire_or_renew())
+        assert sorted(won) == [False, True]
+        assert [s for v, _, s in api.lease_writes if v == "update"][-2:].count(409) == 1
+        winner = a if won[0] else b
+        assert api.leases[("logagent", "race")]["spec"]["holderIdentity"] == winner.identity
+        assert api.leases[("logagent", "race")]["spec"]["leaseTransitions"] == 1
+        # the winner cannot renew (the API server fails): it steps down within renew_deadline, never holds on
+        api.fail_next("PUT", "/apis/coordination.k8s.io", 500, times=100)
+        winner.is_leader = True
+        await asyncio.wait_for(winner.hold(), 5)
+        assert winner.is_leader is False
+    finally:
+        for c in clients:
+            await c.close()
