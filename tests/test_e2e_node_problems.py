@@ -104,8 +104,11 @@ async def test_a_kernel_oom_kill_becomes_one_event_on_the_pod_and_one_on_the_nod
                 return [e for e in api.events.values() if e["involvedObject"]["kind"] == "Node"
                         and comm in e["message"]]
             await async_wait_for(lambda: pod_events() and node_events(), timeout=30, what="both events")
-            (event,) = [r for r in agent.records() if r.get("category") == "oom" and
-                        r.get("fields", {}).get("pid") == str(pid)]
+            def shipped() -> list[dict[str, Any]]:
+                return [r for r in agent.records() if r.get("category") == "oom"
+                        and r.get("fields", {}).get("pid") == str(pid)]
+            # the Events may reach the API server before the output file has the event record
+            (event,) = await async_wait_for(shipped, timeout=30, what="the shipped OOM event")
     finally:
         for d in (cgroup, pod_cg, pod_cg.parent, pod_cg.parent.parent, pod_cg.parent.parent.parent):
             try:
