@@ -100,7 +100,6 @@ def event_record(ev: dict[str, Any], watch_type: str) -> Record:
 
 
 class KubeEventsInput(Input):
-    type_name = "kube_events"
     settings: KubeEventsSettings
 
     @classmethod

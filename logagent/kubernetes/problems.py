@@ -82,7 +82,6 @@ def pod_event_message(rec: Record, container: str) -> str:
 
 
 class NodeProblems(Stage):
-    type_name = "node_problems"
     settings: ProblemSettings
 
     @classmethod
