@@ -3,8 +3,8 @@ imported from logagent.inputs / logagent.outputs has its real type, not Any (ass
 
 from typing import assert_type
 
-from logagent.inputs.kmsg import format_rfc3339_ns
+from logagent.inputs.kmsg import read_boot_id
 from logagent.outputs.loki import label_string
 
-assert_type(format_rfc3339_ns(0), str)
+assert_type(read_boot_id("/proc/sys/kernel/random/boot_id"), str)
 assert_type(label_string([("a", "b")]), str)

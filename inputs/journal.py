@@ -24,8 +24,8 @@ from typing import Any
 from logagent import metrics
 from logagent.component import Emit, Input
 from logagent.config import Section
-from logagent.inputs.kmsg import format_rfc3339_ns
 from logagent.record import Batch, Record
+from logagent.timefmt import format_rfc3339_ns
 
 CHECKPOINT_KEY = "journal"
 IDLE_WAIT = 1.0  # seconds a read waits for new entries before returning, so stop() is noticed

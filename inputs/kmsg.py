@@ -30,6 +30,7 @@ from logagent.config import Section
 from logagent.parsers.timestamps import NS_MAX, TIME_OUT_OF_RANGE
 from logagent.record import Batch, Record
 from logagent.signatures.kmsgformat import FragmentJoiner, KmsgFormatError, KmsgRecord, parse_record
+from logagent.timefmt import format_rfc3339_ns
 
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 CHECKPOINT_KEY = "kmsg"
@@ -40,12 +41,6 @@ MIN_READ_BUFFER = 8192
 
 _U64_MAX = (1 << 64) - 1
 _U32_MAX = (1 << 32) - 1
-
-
-def format_rfc3339_ns(epoch_ns: int) -> str:
-    """`2024-05-01T12:00:00.123456789Z` from nanoseconds since the epoch (UTC)."""
-    secs, frac = divmod(epoch_ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
 
 
 def boot_epoch_ns() -> int:

@@ -19,8 +19,8 @@ from typing import Any
 from logagent import metrics
 from logagent.component import Emit, Input
 from logagent.config import Section
-from logagent.inputs.kmsg import format_rfc3339_ns
 from logagent.record import Batch, Record
+from logagent.timefmt import format_rfc3339_ns
 
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000

@@ -64,9 +64,9 @@ from logagent.delivery import (
     lookup,
     parse_http_settings,
     retry_after_seconds,
-    rfc3339_ns,
 )
 from logagent.record import Batch, doc_id
+from logagent.timefmt import rfc3339_ns
 
 
 @dataclass(frozen=True)

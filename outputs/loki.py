@@ -85,11 +85,11 @@ from logagent.delivery import (
     compress,
     parse_http_settings,
     retry_after_seconds,
-    rfc3339_ns,
 )
 from logagent.outputs.loki_answers import refused
 from logagent.outputs.proto.logproto_pb2 import PushRequest
 from logagent.record import Batch
+from logagent.timefmt import rfc3339_ns
 
 PUSH_PATH = "/loki/api/v1/push"
 DEFAULT_LABELS = {

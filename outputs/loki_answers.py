@@ -32,6 +32,8 @@ import re
 import time
 from collections.abc import Sequence
 
+from logagent.timefmt import rfc3339_ns
+
 # A label set as Loki prints it: braces around name="value" pairs, values Go-quoted (may hold braces).
 _LSET = r'\{(?:[^"{}]|"(?:[^"\\]|\\.)*")*\}'
 _TS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)"
@@ -76,15 +78,6 @@ def parse_label_set(text: str) -> dict[str, str] | None:
         out[m.group(1)] = _UNESCAPE.sub(lambda e: "\n" if e.group(1) == "n" else e.group(1), m.group(2))
         pos = m.end()
     return out
-
-
-def rfc3339_seconds(text: str) -> int:
-    """Whole seconds since the epoch of an RFC 3339 time as Go's `time.RFC3339` prints it."""
-    secs = calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S"))
-    zone = text[19:].lstrip(".0123456789")
-    if zone[:1] in ("+", "-"):
-        secs -= (1 if zone[0] == "+" else -1) * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
-    return secs
 
 
 def go_time_ns(text: str) -> int:
@@ -139,7 +132,7 @@ def refused(items: Sequence[Item], body: str) -> tuple[list[tuple[int, str]], li
                 reason = f"{prefix.group(1)} errors like: {reason}"
             idx = streams.find(m.group("s"), exact=kind == "parse")
             if kind == "second":
-                second = rfc3339_seconds(m.group("t"))
+                second = rfc3339_ns(m.group("t")) // 1_000_000_000
                 idx = [i for i in idx if items[i][1] // 1_000_000_000 == second]
             elif kind == "length":
                 n = int(m.group("n"))
@@ -163,7 +156,7 @@ def refused(items: Sequence[Item], body: str) -> tuple[list[tuple[int, str]], li
         if int(tail.group("n")) > listed:
             # More refused than listed: those older than the oldest acceptable time are refused too.
             oldest = _OLDEST.search(body)
-            cutoff = rfc3339_seconds(oldest.group("o")) * 1_000_000_000 if oldest else None
+            cutoff = rfc3339_ns(oldest.group("o")) if oldest else None
             for i in in_stream:
                 if i not in rejected and cutoff is not None and items[i][1] < cutoff:
                     rejected[i] = f"entry too far behind, oldest acceptable timestamp is: {oldest and oldest['o']} " \

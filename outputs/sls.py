@@ -84,12 +84,12 @@ from logagent.delivery import (
     compress,
     parse_http_settings,
     retry_after_seconds,
-    rfc3339_ns,
 )
 from logagent.outputs.proto.sls_logs_pb2 import Log
 from logagent.outputs.protowire import ld as _ld
 from logagent.outputs.protowire import varint as _varint
 from logagent.record import Batch
+from logagent.timefmt import rfc3339_ns
 
 log = logging.getLogger("logagent.output.sls")
 

@@ -9,7 +9,7 @@ import asyncio
 import logging
 
 from logagent import metrics
-from logagent.delivery import rfc3339_ns
+from logagent.timefmt import rfc3339_ns
 from tests.helpers import async_wait_for
 from tests.receivers.harness import AckLedger, build_output, dead_letters, make_context, numbered_batches, run_output
 from tests.receivers.loki import LokiReceiver

@@ -4,7 +4,8 @@ newlines, grouped counts, labels Loki added, the ingester's per-entry list, and 
 from __future__ import annotations
 
 from logagent.outputs.loki import label_string
-from logagent.outputs.loki_answers import go_time_ns, parse_label_set, refused, rfc3339_seconds
+from logagent.outputs.loki_answers import go_time_ns, parse_label_set, refused
+from logagent.timefmt import rfc3339_ns
 from tests.receivers.loki import go_time_string, grouped_errors, label_text, rfc3339
 
 ODD = {"app": 'we}b; "x"', "pod": "p\\1\nq"}
@@ -33,8 +34,8 @@ def test_time_formats_round_trip() -> None:
     ns = 1_714_557_600_123_456_789
     assert go_time_ns(go_time_string(ns)) == ns
     assert go_time_ns(go_time_string(ns - 123_456_789)) == ns - 123_456_789
-    assert rfc3339_seconds(rfc3339(ns)) == ns // 1_000_000_000
-    assert rfc3339_seconds("2024-05-01T12:00:00.5+02:00") == rfc3339_seconds("2024-05-01T10:00:00Z")
+    assert rfc3339_ns(rfc3339(ns)) // 1_000_000_000 == ns // 1_000_000_000
+    assert rfc3339_ns("2024-05-01T12:00:00.5+02:00") == rfc3339_ns("2024-05-01T10:00:00.5Z")
 
 
 def test_the_ingester_list_names_one_stream_and_the_others_are_retried() -> None:

@@ -26,9 +26,9 @@ from aiohttp import web
 
 from logagent import metrics
 from logagent.config import ConfigError
-from logagent.delivery import rfc3339_ns
 from logagent.record import doc_id
 from logagent.selflog import JsonFormatter
+from logagent.timefmt import rfc3339_ns
 from tests.helpers import async_wait_for
 from tests.receivers import Receiver
 from tests.receivers.es import BulkReceiver
