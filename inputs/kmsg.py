@@ -10,7 +10,7 @@ same boot the buffer is read from its start and records up to that seq are skipp
 sequence number); a record overwritten while the agent was down is counted as lost. A different boot id means a
 reboot: the new boot's buffer is read from its beginning. `read_from` only decides the very first start.
 
-Record decoding (header, `\\xNN` escapes, dictionary lines, `c`/`+` fragments) is `logagent.signatures.kmsgformat`;
+Record decoding (header, `\\xNN` escapes, dictionary lines, `c`/`+` fragments) is `logagent.inputs.kmsgformat`;
 this module adds wall-clock time, batching, gap counting and positions. It must never checkpoint a sequence number
 whose record has not been acknowledged, and never drop a malformed record silently (it is shipped flagged).
 """
@@ -27,9 +27,9 @@ from typing import Any
 from logagent import metrics
 from logagent.component import Emit, Input
 from logagent.config import Section
+from logagent.inputs.kmsgformat import FragmentJoiner, KmsgFormatError, KmsgRecord, parse_record
 from logagent.parsers.timestamps import NS_MAX, TIME_OUT_OF_RANGE
 from logagent.record import Batch, Record
-from logagent.signatures.kmsgformat import FragmentJoiner, KmsgFormatError, KmsgRecord, parse_record
 from logagent.timefmt import format_rfc3339_ns
 
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"

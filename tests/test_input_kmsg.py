@@ -18,9 +18,9 @@ from logagent.component import Context
 from logagent.config import ConfigError, Section, parse_config
 from logagent.deadletter import DeadLetter
 from logagent.inputs.kmsg import KmsgDecoder, KmsgInput, SequenceGaps, read_boot_id
+from logagent.inputs.kmsgformat import split_capture
 from logagent.pipeline import Pipeline
 from logagent.record import Batch, doc_id
-from logagent.signatures.kmsgformat import split_capture
 from logagent.timefmt import format_rfc3339_ns
 from tests.helpers import async_wait_for, kmsg_writable
 

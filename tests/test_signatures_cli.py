@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from logagent.signatures.kmsgformat import KmsgRecord, parse_capture
+from logagent.inputs.kmsgformat import KmsgRecord, parse_capture
 
 DATA = Path(__file__).parent / "data" / "kernel"  # a copy of ../shared/testdata/kernel
 REPO = Path(__file__).resolve().parents[1]

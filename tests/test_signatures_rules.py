@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from logagent.inputs.kmsgformat import KmsgRecord, parse_capture
 from logagent.signatures import rules as rules_mod
 from logagent.signatures.incidents import IncidentAssembler
-from logagent.signatures.kmsgformat import KmsgRecord, parse_capture
 from logagent.signatures.rules import RulesError, RuleSet, default_rules, load_rules
 
 DATA = Path(__file__).parent / "data" / "kernel"  # a copy of ../shared/testdata/kernel

@@ -13,10 +13,10 @@ import pytest
 from logagent import metrics
 from logagent.component import Context
 from logagent.config import ConfigError, Section
+from logagent.inputs.kmsgformat import parse_capture
 from logagent.kubernetes.cache import PodCache
 from logagent.record import AckToken, Batch
 from logagent.signatures.attribution import ContainerTails, parse_memcg
-from logagent.signatures.kmsgformat import parse_capture
 from logagent.signatures.stage import SignatureDetector, record_time
 from tests.helpers import async_wait_for
 

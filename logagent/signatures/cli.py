@@ -31,8 +31,8 @@ from typing import IO, Any
 
 import orjson
 
+from logagent.inputs.kmsgformat import FragmentJoiner, KmsgFormatError, KmsgRecord, parse_record
 from logagent.signatures.incidents import Incident, IncidentAssembler
-from logagent.signatures.kmsgformat import FragmentJoiner, KmsgFormatError, KmsgRecord, parse_record
 from logagent.signatures.rules import RulesError, load_rules
 
 _KMSG = re.compile(rb"^\d+,\d+,\d+,[^;]*;")
