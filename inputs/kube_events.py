@@ -33,9 +33,10 @@ import aiohttp
 import orjson
 
 from logagent import metrics
+from logagent.backoff import Backoff
 from logagent.component import Emit, Input
 from logagent.config import Section
-from logagent.kubernetes.api import ApiError, Backoff, Gone
+from logagent.kubernetes.api import ApiError, Gone
 from logagent.kubernetes.client import ApiAccess, ApiClient, node_name, parse_access
 from logagent.kubernetes.lease import LeaderElector
 from logagent.record import Batch, Record

@@ -27,7 +27,6 @@ import base64
 import email.utils
 import logging
 import os
-import random
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +38,7 @@ import cramjam
 import lz4.block
 
 from logagent import metrics
+from logagent.backoff import full_jitter
 from logagent.component import Output
 from logagent.config import Section
 from logagent.record import AckToken, Batch, noop_token
@@ -333,9 +333,8 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 
 
 def backoff_delay(attempt: int, retry: RetrySettings, retry_after: float | None) -> float:
-    """Full jitter (uniform in [0, min(max, initial * 2^attempt)]), but never less than the server asked."""
-    cap = min(retry.max_backoff, retry.initial_backoff * (2 ** min(attempt, 30)))
-    delay = random.uniform(0, cap)
+    """Full jitter (logagent.backoff), but never less than the server asked."""
+    delay = full_jitter(attempt, retry.initial_backoff, retry.max_backoff)
     if retry_after is not None:
         delay = max(delay, min(retry_after, retry.max_retry_after))
     return delay

@@ -26,7 +26,6 @@ import asyncio
 import base64
 import logging
 import os
-import random
 import ssl
 import tempfile
 import time
@@ -39,6 +38,7 @@ import orjson
 import yaml
 
 from logagent import metrics
+from logagent.backoff import Backoff
 from logagent.kubernetes.cache import PodCache
 
 log = logging.getLogger("logagent.kubernetes.api")
@@ -208,23 +208,6 @@ class WatchSettings:
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     page_size: int = 500
-
-
-class Backoff:
-    """Exponential backoff with full jitter: the n-th wait is uniform in [cap/2, cap], cap = initial * 2^n."""
-
-    def __init__(self, initial: float, maximum: float) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self.attempt = 0
-
-    def next(self) -> float:
-        cap = min(self.maximum, self.initial * (2 ** self.attempt))
-        self.attempt += 1
-        return random.uniform(cap / 2, cap)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class PodWatcher:

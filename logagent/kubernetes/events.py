@@ -28,7 +28,8 @@ from typing import Any
 import aiohttp
 
 from logagent import metrics
-from logagent.kubernetes.api import ApiError, Backoff, Conflict, NotFound
+from logagent.backoff import Backoff
+from logagent.kubernetes.api import ApiError, Conflict, NotFound
 from logagent.kubernetes.client import ApiClient, now_rfc3339
 
 log = logging.getLogger("logagent.kubernetes.events")

@@ -28,9 +28,10 @@ from typing import Any
 import aiohttp
 
 from logagent import metrics
+from logagent.backoff import Backoff
 from logagent.component import Context, Stage
 from logagent.config import Section
-from logagent.kubernetes.api import ApiError, Backoff
+from logagent.kubernetes.api import ApiError
 from logagent.kubernetes.client import ApiAccess, ApiClient, node_name, parse_access
 from logagent.kubernetes.conditions import ConditionRule, ConditionState, parse_condition_rules, read_boot_id, trim
 from logagent.kubernetes.events import SMP, EventRecorder
