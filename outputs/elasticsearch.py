@@ -24,13 +24,14 @@ URL: `/_bulk` is appended to the path of `url` (kept when it already ends with i
 kept (`?pipeline=...&refresh=false`), `pipeline` is added when set, and `filter_path=errors,items.*.status,
 items.*.error` asks only for what is read (unless `url` gives its own `filter_path`).
 
-Response handling: a 200 must be a bulk response (a JSON object with a boolean `errors`); anything else (an HTML
-page from a proxy, an empty body) is retried at most `UNREADABLE_ATTEMPTS` times, each logged as an error with the
-start of the body, then dead-lettered as `unreadable_response` — never retried for ever. `errors: false` means
-every item was written (VictoriaLogs answers so with an empty `items`). HTTP 200 with `errors: true` is read item
-by item: 2xx ok, 409 on our `create` ok, 429 and
-5xx retried (only those items), any other status dead-lettered with `error.type: error.reason`. A whole-request
-429/5xx (or a transport error) retries the whole request; 413 splits it; other 4xx dead-letter it.
+Response handling: a 200 must be a bulk response (a JSON object with a boolean `errors` and, when it is true, one
+item per document sent); anything else (an HTML page from a proxy, an empty body) is retried at most
+`UNREADABLE_ATTEMPTS` times, each logged as an error with the start of the body, then dead-lettered as
+`unreadable_response` — never retried for ever. `errors: false` means every item was written (VictoriaLogs
+answers so with an empty `items`). HTTP 200 with `errors: true` is read item by item: 2xx ok, 409 on our
+`create` ok, 429 and 5xx retried (only those items), any other status dead-lettered with `error.type:
+error.reason`. A whole-request 429/5xx (or a transport error) retries the whole request; 413 splits it; other
+4xx dead-letter it.
 
 Must never: use `index` (it would overwrite on replay), log record contents or credentials.
 """
@@ -194,13 +195,15 @@ class BulkCodec:
             doc = None
         if not isinstance(doc, dict) or not isinstance(doc.get("errors"), bool):
             return self._unreadable_answer(items, r)
-        self._unreadable.pop(id(items), None)
         if not doc["errors"]:
+            self._unreadable.pop(id(items), None)
             return Verdict(OK)
         answers = doc.get("items") or []
-        if len(answers) != len(items):
-            # An answer that does not line up with what we sent cannot be trusted item by item.
-            return Verdict(RETRY, reason=f"bulk response has {len(answers)} items for {len(items)} sent")
+        if not isinstance(answers, list) or len(answers) != len(items) or not all(
+                isinstance(a, dict) and len(a) == 1 and isinstance(next(iter(a.values())), dict) for a in answers):
+            # `errors: true` with items that do not line up with what we sent cannot be read item by item.
+            return self._unreadable_answer(items, r, f"errors: true with {len(answers)} items for {len(items)} sent")
+        self._unreadable.pop(id(items), None)
         retry: list[int] = []
         reject: list[tuple[int, str]] = []
         for i, ans in enumerate(answers):
@@ -222,14 +225,14 @@ class BulkCodec:
             reject.append((i, reason))
         return Verdict(ITEMS, retry=retry, reject=reject, reason=f"{len(retry)} items retryable")
 
-    def _unreadable_answer(self, items: list[bytes], r: Response) -> Verdict:
+    def _unreadable_answer(self, items: list[bytes], r: Response, why: str = "") -> Verdict:
         """A 2xx that is not a bulk response: which documents were written is unknown. Retried a few times (it may
         be a proxy's glitch), each logged as an error, then dead-lettered: bounded, visible, the lane moves on."""
         _, seen = self._unreadable.get(id(items), (items, 0))
         seen += 1
         excerpt = r.body[:200].decode("utf-8", "replace")
         reason = (f"unreadable_response: HTTP {r.status} with a body that is not a bulk response "
-                  f"({len(r.body)} bytes: {excerpt!r})")
+                  f"({why or f'{len(r.body)} bytes: {excerpt!r}'})")
         log.error("the bulk endpoint answered with something that is not a bulk response", extra={
             "output": self.name, "status": r.status, "attempt": seen, "of": UNREADABLE_ATTEMPTS, "reason": reason,
             "url": self.url})

@@ -305,3 +305,17 @@ async def test_an_unreadable_200_is_a_bounded_visible_error_and_the_lane_moves_o
     assert [r.attempt for r in unreadable] == [1, 2, 3, 1]
     assert any("refused a request for good" in r.getMessage() for r in caplog.records)
     assert sorted(ledger.acked) == [0, 1]
+
+
+async def test_errors_true_with_items_that_do_not_line_up_is_bounded_too(tmp_path, caplog) -> None:
+    rec = await BulkReceiver().start()
+    rec.plan = [("status", 200, {"Content-Type": "application/json"}, b'{"took":1,"errors":true,"items":[]}')] * 3
+    ctx = make_context(tmp_path)
+    ledger = AckLedger(lambda meta, r: True)
+    out = build_output("elasticsearch", _settings(rec.url), ctx)
+    with caplog.at_level(logging.ERROR):
+        await run_output(out, numbered_batches(ledger, 1, 4))
+    await rec.stop()
+    assert {d["reason"] for d in dead_letters(ctx)} == {
+        "unreadable_response: HTTP 200 with a body that is not a bulk response (errors: true with 0 items for 4 sent)"}
+    assert rec.requests == 3 and ledger.acked == [0]
