@@ -2,7 +2,8 @@
 /readyz and in `logagent_component_state`; a degraded component is reported too, while records still flow.
 
 The pipeline runs in-process with its real HTTP server on 127.0.0.1 (port 0), a real file output, and test inputs
-that fail the way the file input failed in the issue (EMFILE from inotify at watcher start).
+that fail the way the file input failed in the issue (EMFILE from inotify at watcher start); the last test runs the
+real agent with a kmsg input whose device is missing.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from logagent import registry
@@ -23,7 +26,8 @@ from logagent.component import Input, Stage
 from logagent.config import Section, parse_config
 from logagent.pipeline import Pipeline
 from logagent.record import Batch
-from tests.helpers import async_wait_for
+from tests.helpers import async_wait_for, kmsg_writable, wait_for
+from tests.ops_support import Agent, agent_base_url, http_get, read_jsonl, sample, scrape, write_lines
 
 
 class FlakyInput(Input):
@@ -203,3 +207,41 @@ async def test_a_stage_that_fails_on_a_batch_passes_it_on_and_is_reported_degrad
     finally:
         p.request_stop()
         await p.shutdown()
+
+
+def test_the_real_agent_reports_a_failing_input_by_name_on_readyz_and_restarts_it(tmp_path) -> None:
+    """`python -m logagent run` with a kmsg input whose device is missing: the file input keeps shipping, /readyz
+    answers 503 naming `input:kernel`, and once the device appears (a link to the real /dev/kmsg, root only) the
+    restarted input runs and /readyz answers 200."""
+    device = tmp_path / "kmsg"
+    (tmp_path / "logs").mkdir()
+    cfg = {"state_dir": str(tmp_path / "state"), "http": {"address": "127.0.0.1:0"},
+           "inputs": [{"type": "file", "name": "app", "paths": [str(tmp_path / "logs" / "*.log")],
+                       "poll_interval": "200ms"},
+                      {"type": "kmsg", "name": "kernel", "path": str(device)}],
+           "outputs": [{"type": "file", "name": "sink", "path": str(tmp_path / "out.jsonl")}]}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    agent = Agent(tmp_path / "cfg.yaml", tmp_path)
+    try:
+        base = agent_base_url(agent)
+        write_lines(tmp_path / "logs" / "a.log", ["still shipped"])
+        wait_for(lambda: any(r.get("message") == "still shipped" for r in read_jsonl(tmp_path / "out.jsonl")), 30,
+                 what="the file input shipping")
+        status, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(http_get(base + "/readyz")), 30,
+                                what="/readyz 503")
+        not_ready = orjson.loads(body)["not_ready"]
+        assert list(not_ready) == ["input:kernel"]
+        assert not_ready["input:kernel"].startswith("restarting: FileNotFoundError: [Errno 2] No such file")
+        assert sample(scrape(base), "logagent_component_state", component="kernel", kind="input",
+                      state="restarting") == 1
+        assert sample(scrape(base), "logagent_component_state", component="app", kind="input", state="running") == 1
+        assert agent.logged("restarting component")
+        if not kmsg_writable():
+            return
+        os.symlink("/dev/kmsg", device)  # the device appears: the next restart opens it
+        wait_for(lambda: http_get(base + "/readyz")[0] == 200, 60, what="/readyz 200 once the input runs")
+        assert sample(scrape(base), "logagent_component_state", component="kernel", kind="input",
+                      state="running") == 1
+        assert sample(scrape(base), "logagent_component_restarts_total", component="kernel", kind="input") >= 1
+    finally:
+        assert agent.stop() == 0
