@@ -144,6 +144,21 @@ def test_a_full_state_dir_at_start_is_one_line_naming_it_and_exit_1(tmp_path: Pa
         r.stderr
 
 
+def test_a_full_state_dir_with_an_existing_store_at_start_is_one_line_and_exit_1(tmp_path: Path,
+                                                                                 tiny_tmpfs: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    cfg = config(tmp_path, "http://127.0.0.1:9")
+    store = CheckpointStore(tiny_tmpfs)
+    store.tracker("app").set("file:1", {"offset": 10})
+    store.close()  # the last connection removes the -wal/-shm files: opening again must create them
+    fill(tiny_tmpfs)
+    r = _run_once(cfg, tmp_path)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(f"logagent: state dir {tiny_tmpfs}: cannot open "
+                                                        "checkpoints.db: "), r.stderr
+
+
 def test_a_read_only_state_dir_at_start_is_one_line_naming_it_and_exit_1(tmp_path: Path, tiny_tmpfs: Path) -> None:
     (tmp_path / "logs").mkdir()
     cfg = config(tmp_path, "http://127.0.0.1:9")
