@@ -26,9 +26,9 @@ from tests.kube_objects import make_node, rbac_refuses
 NODE = "node-a"
 
 
-def kernel_batch(lines: list[str], first_seq: int, boot_id: str) -> Batch:
-    """What the kmsg input emits for these kernel printks (facility 0, level 2)."""
-    raws = [f"2,{first_seq + i},{(first_seq + i) * 1000},-;{line}\n".encode() for i, line in enumerate(lines)]
+def kernel_batch(lines: list[str], first_seq: int, boot_id: str, prio: int = 2) -> Batch:
+    """What the kmsg input emits for these kernel printks (facility 0, level 2; prio 12: written by a process)."""
+    raws = [f"{prio},{first_seq + i},{(first_seq + i) * 1000},-;{line}\n".encode() for i, line in enumerate(lines)]
     records, _ = KmsgDecoder().decode(raws, 1_700_000_000 * 10**9)
     meta = {"input": "kernel", "source": "kmsg", "boot_id": boot_id, "source_id": f"kmsg:{boot_id}",
             "pos_key": "seq"}
@@ -100,6 +100,9 @@ async def test_a_permanent_problem_sets_its_condition_and_a_reboot_clears_it(api
         # NPD's metrics: a counter per problem reason, a gauge per condition
         assert REGISTRY.get_sample_value("logagent_node_problem_condition",
                                          {"type": "ReadonlyFilesystem", "reason": "fs_remount_readonly"}) == 1
+        # the event and the count when the report closed
+        await async_wait_for(lambda: [e for e in api.events.values() if e["reason"] == "fs_remount_readonly"],
+                             timeout=30, what="the node event")
         assert REGISTRY.get_sample_value("logagent_node_problems_total", {"reason": "fs_remount_readonly"}) >= 1
         assert all(ct.startswith("application/strategic-merge-patch+json") for _, ct, _ in api.node_patches)
         # heartbeats keep coming, the transition time stays
@@ -162,3 +165,44 @@ async def test_a_storm_of_identical_incidents_is_one_event_with_a_count_and_fail
         # no conditions configured: nodes/status is never patched
         assert api.node_patches == []
         assert rbac_refuses(api.grants_used) == set()  # every call the shipped RBAC allows
+
+
+async def test_the_condition_is_set_while_the_report_is_still_open(api: FakeApiServer, tmp_path: Path) -> None:
+    """With the shipped windows (an fs report stays open 120 s for more lines) the condition comes at once; the
+    Event comes when the report closes (here: at shutdown, when open reports are flushed)."""
+    api.add_node(make_node(NODE))
+    boot_file = tmp_path / "boot_id"
+    boot_file.write_text(str(uuid.uuid4()))
+    doc = config(tmp_path, api, boot_file)
+    doc["pipeline"][0].pop("rules_files")
+    async with Running(doc) as p:
+        await async_wait_for(lambda: len(ours(api)) == 5, timeout=30, what="our conditions patched")
+        await p.inject(kernel_batch(["XFS (nvme1n1): Corruption of in-memory data detected.  Shutting down "
+                                     "filesystem"], 700, "b"))
+        await async_wait_for(lambda: ours(api)["FilesystemShutdown"]["status"] == "True", timeout=30,
+                             what="FilesystemShutdown True")
+        assert ours(api)["FilesystemShutdown"]["reason"] == "xfs_shutdown"
+        assert "nvme1n1" in ours(api)["FilesystemShutdown"]["message"]
+        assert api.events == {}  # the report is still open
+    (ev,) = api.events.values()
+    assert ev["reason"] == "xfs_shutdown" and ev["involvedObject"]["kind"] == "Node"
+
+
+async def test_a_problem_written_from_userspace_sets_no_condition_and_posts_no_event(api: FakeApiServer,
+                                                                                     tmp_path: Path) -> None:
+    """`logger -p kern.crit` or `echo '<2>...' > /dev/kmsg` gives facility 1 (user): the record is shipped and the
+    event flagged `injected`, but the node is not marked broken."""
+    api.add_node(make_node(NODE))
+    boot_file = tmp_path / "boot_id"
+    boot_file.write_text(str(uuid.uuid4()))
+    doc = config(tmp_path, api, boot_file)
+    async with Running(doc) as p:
+        await async_wait_for(lambda: len(ours(api)) == 5, timeout=30, what="our conditions patched")
+        await p.inject(kernel_batch(["EXT4-fs (sdb1): Remounting filesystem read-only"], 900, "b", prio=12))
+        out = tmp_path / "out.jsonl"
+        await async_wait_for(lambda: out.exists() and b'"injected":true' in out.read_bytes(), timeout=30,
+                             what="the flagged incident shipped")
+        beats = len(api.node_patches)
+        await async_wait_for(lambda: len(api.node_patches) >= beats + 2, timeout=30, what="two heartbeats")
+        assert ours(api)["ReadonlyFilesystem"]["status"] == "False"
+    assert api.events == {}

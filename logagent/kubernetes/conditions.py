@@ -154,7 +154,7 @@ class ConditionState:
             raise
 
     def apply(self, signatures: list[str], fields: dict[str, Any], headline: str) -> list[str]:
-        """An incident: the condition types it sets (now True, with this headline). Types already True keep
+        """An incident: the condition types it changed (now True, with this headline). Types already True keep
         their transition time and take the latest message."""
         changed: list[str] = []
         for r in self.rules:
@@ -162,11 +162,12 @@ class ConditionState:
             if sig is None:
                 continue
             cond = self.conditions[r.type]
-            was = cond.get("status")
+            was = (cond.get("status"), cond.get("reason"), cond.get("message"))
             cond.update(status="True", reason=sig, message=trim(headline))
-            if was != "True":
+            if was[0] != "True":
                 cond["lastTransitionTime"] = now_rfc3339()
-            changed.append(r.type)
+            if was != (cond["status"], cond["reason"], cond["message"]):
+                changed.append(r.type)
         if changed:
             self.save()
         return changed

@@ -3,7 +3,9 @@
 The stage takes no batches of its own (`match: []` is its default; batches routed to it pass unchanged). It offers
 `ctx.services["node_problems"]`, which the `signatures` stage calls with the event records of every incident it
 raises. That is the only way in: conditions and Events come from incidents the kernel rules raised on
-kernel-originated records, never from a record that merely looks like an incident.
+kernel-originated records, never from a record that merely looks like an incident. An incident with a headline
+written from userspace (`injected`: logger, a write to /dev/kmsg) is counted
+(`logagent_dropped_records_total{reason="injected"}`) and not reported.
 
 For every incident:
   * an Event on the Node (type Warning, reason = signature, message = headline), in `event_namespace`;
@@ -40,6 +42,7 @@ from logagent.record import Batch, Record
 log = logging.getLogger("logagent.kubernetes.problems")
 
 SERVICE = "node_problems"
+OPEN_SERVICE = "node_problems.open"
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 EVENT_MESSAGE_MAX = 1024  # events.k8s.io's note limit; core/v1 messages are kept to it too
 
@@ -121,6 +124,7 @@ class NodeProblems(Stage):
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._problems: dict[str, Any] = {}
+        self._injected = metrics.DROPPED.labels(component=name, reason="injected")
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -152,12 +156,16 @@ class NodeProblems(Stage):
                 self._tasks.append(asyncio.create_task(self._conditions_loop(), name=f"{self.name}-conditions"))
         self._tasks.append(asyncio.create_task(self.recorder.run(), name=f"{self.name}-events"))
         self.ctx.services[SERVICE] = self.submit
+        if self.state is not None:
+            self.ctx.services[OPEN_SERVICE] = self.open_problem
         log.info("reporting node problems", extra={"server": creds.server, "node": self.node,
                                                    "conditions": [r.type for r in s.conditions]})
 
     async def stop(self) -> None:
         if self.ctx.services.get(SERVICE) == self.submit:
             del self.ctx.services[SERVICE]
+        if self.ctx.services.get(OPEN_SERVICE) == self.open_problem:
+            del self.ctx.services[OPEN_SERVICE]
         if self.recorder is not None and self.recorder.pending:
             await self.recorder.flush(2.0)
         for t in self._tasks:
@@ -181,14 +189,41 @@ class NodeProblems(Stage):
                 metrics.ERRORS.labels(component=self.name, kind="node_problem").inc()
                 log.exception("reporting a node problem failed", extra={"signature": rec.get("signature")})
 
+    def open_problem(self, summary: dict[str, Any]) -> None:
+        """A permanent problem in a report still open: its condition is set now; the Event and the count come
+        when the report closes (`submit`)."""
+        if summary.get("injected"):
+            return
+        try:
+            self._conditions_from(summary)
+        except Exception:
+            metrics.ERRORS.labels(component=self.name, kind="node_problem").inc()
+            log.exception("setting a node condition failed", extra={"signature": summary.get("signature")})
+
+    def _conditions_from(self, rec: Record) -> None:
+        if self.state is None:
+            return
+        reason = str(rec.get("signature") or "unknown")
+        sigs = rec.get("signatures") or [reason]
+        fields = rec.get("fields") if isinstance(rec.get("fields"), dict) else {}
+        headline = str(rec.get("first_line") or rec.get("message") or reason)
+        changed = self.state.apply([str(x) for x in sigs], fields or {}, headline)
+        if changed:
+            log.info("node condition set", extra={"conditions": changed, "reason": reason})
+            self._set_gauges()
+            self._changed.set()
+
     def _one(self, rec: Record) -> None:
         reason = str(rec.get("signature") or "unknown")
+        if rec.get("injected"):
+            # written by a process (logger, a write to /dev/kmsg), not by the kernel: shipped, never reported
+            self._injected.inc()
+            return
         counter = self._problems.get(reason)
         if counter is None:
             counter = self._problems[reason] = metrics.NODE_PROBLEMS.labels(reason=reason)
         counter.inc()
         headline = str(rec.get("first_line") or rec.get("message") or reason)
-        rec_time = rec.get("time")
         assert self.recorder is not None
         if self.settings.node_events:
             node_ref = {"kind": "Node", "name": self.node, "uid": self.node, "apiVersion": "v1"}
@@ -202,14 +237,7 @@ class NodeProblems(Stage):
             if container:
                 pod_ref["fieldPath"] = f"spec.containers{{{container}}}"
             self.recorder.record(kube["namespace"], pod_ref, reason, pod_event_message(rec, container or "?"))
-        if self.state is not None:
-            sigs = rec.get("signatures") or [reason]
-            fields = rec.get("fields") if isinstance(rec.get("fields"), dict) else {}
-            changed = self.state.apply([str(x) for x in sigs], fields or {}, headline)
-            if changed:
-                log.info("node condition set", extra={"conditions": changed, "reason": reason, "time": rec_time})
-                self._set_gauges()
-                self._changed.set()
+        self._conditions_from(rec)
 
     # -- conditions out -------------------------------------------------------------------------------------
     def _set_gauges(self) -> None:

@@ -52,6 +52,7 @@ class Incident:
     records: int = 0
     lines_dropped: int = 0
     injected: bool = False  # a headline came from userspace (prio >= 8): a fault injector or a test tool
+    reported_open: bool = False  # its permanent problem was reported while the report was still open
 
     # -- naming ---------------------------------------------------------------------------------------------
     @property
@@ -222,6 +223,11 @@ class IncidentAssembler:
                 out.append(self._close(st, inc))
         out.sort(key=lambda inc: (inc.source, inc.first_index))
         return out
+
+    def open_incidents(self) -> list[Incident]:
+        """Reports still open (that may get more lines), oldest first."""
+        return sorted((inc for st in self._sources.values() for inc in st.open.values()),
+                      key=lambda inc: (inc.source, inc.first_index))
 
     @property
     def pending(self) -> int:

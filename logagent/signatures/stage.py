@@ -42,6 +42,9 @@ INJECT_SERVICE = "pipeline.inject"
 CONDITIONS_SERVICE = "kernel_conditions"
 # `node_problems` stage: takes the event records of every incident raised here (Kubernetes Events, conditions)
 PROBLEMS_SERVICE = "node_problems"
+# ... and the summary of a report still open once it holds a permanent problem (conditions at once, not after the
+# report's window)
+PROBLEMS_OPEN_SERVICE = "node_problems.open"
 # Fields that say which device a permanent condition is about (one condition per device).
 _DEVICE_FIELDS = ("device", "pci", "bus_id", "interface")
 
@@ -187,6 +190,8 @@ class SignatureDetector(Stage):
             incidents, self._held = self._held, []
         if kind == "kernel" and batch.records:
             incidents.extend(self.feed(batch))
+            if self.assembler.pending:
+                self._report_open()
         elif kind == "container" and self.tails is not None and batch.records:
             kmeta = batch.meta.get("kubernetes")
             if kmeta:
@@ -226,6 +231,15 @@ class SignatureDetector(Stage):
             metrics.ERRORS.labels(component=self.name, kind="message_not_text").inc()
             messages = [m if isinstance(m, str) else str(m) for m in messages]
             return self.assembler.feed(messages, pos_of, time_of, userspace_of, source)
+
+    def _report_open(self) -> None:
+        report = self.ctx.services.get(PROBLEMS_OPEN_SERVICE)
+        if report is None:
+            return
+        for inc in self.assembler.open_incidents():
+            if inc.permanent and not inc.reported_open and not inc.injected:
+                inc.reported_open = True
+                report(inc.summary())
 
     # -- events ---------------------------------------------------------------------------------------------
     def events_batch(self, incidents: list[Incident]) -> Batch:
