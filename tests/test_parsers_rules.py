@@ -3,7 +3,13 @@ name the file and the key), and the new language variants of the `java` and `nod
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+import yaml
 
 from logagent.config import ConfigError
 from tests.parsers_support import settings
@@ -126,3 +132,41 @@ Node.js v20.11.1
 def test_node_top_level_throw_and_unhandled_rejections_are_one_record_each() -> None:
     lines = NODE_TOP_LEVEL.split("\n")
     assert groups("node", crilines(NODE_TOP_LEVEL, "stderr")) == [lines[0:8], lines[8:17], lines[17:21]]
+
+
+def _cat(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "logagent", "cat", *args], capture_output=True, timeout=60,
+                          check=False)
+
+
+def test_logagent_cat_with_a_rules_file(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(RULES))
+    log = tmp_path / "0.log"
+    text = "2024-05-14 09:00:00 ERROR failed\njava.lang.IllegalStateException: x\n\tat A.b(A.java:1)\nplain"
+    log.write_bytes(crilines(text))
+    proc = _cat("--multiline", "custom", "--multiline-rules", str(rules), str(log))
+    assert proc.returncode == 0, proc.stderr.decode()
+    got = [json.loads(line)["message"] for line in proc.stdout.split(b"\n") if line]
+    assert got == ["\n".join(text.split("\n")[:3]), "plain"]
+
+
+def test_logagent_cat_names_the_rules_file_and_key_of_a_bad_rule(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    bad = {"state": "frames", "regex": "[", "next_state": "x"}
+    rules.write_text(yaml.safe_dump({"multiline_rules": [*RULES, bad]}))
+    log = tmp_path / "0.log"
+    log.write_bytes(crilines("a"))
+    proc = _cat("--multiline", "custom", "--multiline-rules", str(rules), str(log))
+    assert proc.returncode == 2 and proc.stdout == b""
+    assert f"{rules}: multiline_rules[4].regex: invalid regular expression" in proc.stderr.decode()
+    proc = _cat("--multiline", "custom", "--multiline-rules", str(tmp_path / "missing.yaml"), str(log))
+    assert proc.returncode == 2 and "missing.yaml: cannot read" in proc.stderr.decode()
+
+
+def test_logagent_cat_multiline_end(tmp_path: Path) -> None:
+    log = tmp_path / "0.log"
+    log.write_bytes(crilines("BEGIN\n x\nEND\n y"))
+    proc = _cat("--multiline", "custom", "--multiline-start", "^BEGIN", "--multiline-continue", "^ ",
+                "--multiline-end", "^END", str(log))
+    assert [json.loads(line)["message"] for line in proc.stdout.split(b"\n") if line] == ["BEGIN\n x\nEND", " y"]

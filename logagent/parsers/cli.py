@@ -17,9 +17,10 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from logagent.config import ConfigError, Section
+from logagent.config import ConfigError, Section, load_yaml
 from logagent.inputs.file.reader import LineSplitter, settle_utf8
 from logagent.parsers.factory import BODY_PARSERS, FORMATS, MULTILINE, make_joiner, parse_parser_settings
+from logagent.parsers.statemachine import parse_rules
 from logagent.record import Record
 
 _READ = 1 << 20
@@ -33,6 +34,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--multiline-start", metavar="REGEX", help="with --multiline custom: a group starts here")
     parser.add_argument("--multiline-continue", metavar="REGEX", help="with --multiline custom: joins the group")
     parser.add_argument("--multiline-end", metavar="REGEX", help="with --multiline custom: joins and ends the group")
+    parser.add_argument("--multiline-rules", metavar="FILE",
+                        help="with --multiline custom: a YAML list of {state, regex, next_state} (a state machine)")
     parser.add_argument("--parser", choices=BODY_PARSERS, default="text", help="json: decode JSON bodies")
     parser.add_argument("--max-record-bytes", default="1MiB", help="bound on a joined record (default 1MiB)")
     parser.add_argument("--max-line-bytes", default="256KiB", help="bound on a physical line (default 256KiB)")
@@ -48,7 +51,22 @@ def _settings(args: argparse.Namespace) -> Any:
         data["multiline_continue"] = args.multiline_continue
     if args.multiline_end is not None:
         data["multiline_end"] = args.multiline_end
+    if args.multiline_rules is not None:
+        data["multiline_rules"] = _rules_file(args.multiline_rules)
     return parse_parser_settings(Section(data, "", "command line"))
+
+
+def _rules_file(path: str) -> list[Any]:
+    """The rules as written in the file, checked there so that an error names the file and the rule."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            rules = load_yaml(f.read(), path)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    if isinstance(rules, dict) and "multiline_rules" in rules:
+        rules = rules["multiline_rules"]  # the key as in an input's config
+    parse_rules(Section({"multiline_rules": rules}, "", path), "multiline_rules")
+    return rules  # type: ignore[no-any-return]
 
 
 def run(args: argparse.Namespace) -> int:

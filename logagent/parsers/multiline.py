@@ -211,9 +211,11 @@ class MultilineJoiner:
 
     def flush(self, now: float, force: bool = False) -> list[Record]:
         out = self._group(self.inner.flush(now, force))
-        for st in self.streams.values():
-            if st.group is not None and (force or now - st.updated >= self.flush_after):
-                self._close(st, out)
+        due = [st for st in self.streams.values()
+               if st.group is not None and (force or now - st.updated >= self.flush_after)]
+        due.sort(key=lambda st: st.group.records[0]["offset"] if st.group is not None else 0)  # file order
+        for st in due:
+            self._close(st, out)
         return out
 
     def held_from(self) -> int | None:
