@@ -61,7 +61,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_tail import cpu_seconds, generate_once, machine, memory_kib
+from bench_tail import cpu_seconds, generate_once, machine, memory_kib  # noqa: E402
 
 OUTPUTS = ("es", "es-none", "loki", "sls", "file")
 POD_UID = "6f1c2a4e-0b7d-4c1e-9a55-3d2f7e8b9c01"

@@ -11,8 +11,8 @@ What lives here:
   every item or rejected it for good; rejected items go to the dead-letter file with the backend's reason.
 - Acknowledgement: every pipeline batch becomes one or more `_Chunk`s (one per key, via `AckToken.split`);
   a chunk's token is acknowledged when each of its items is confirmed or dead-lettered, never earlier.
-- Compression helpers (gzip, snappy raw block as Loki wants it, raw LZ4 block as SLS wants it) and a cached
-  RFC 3339 -> ns parser for record times.
+- A cached RFC 3339 -> ns parser for record times. (Compression lives in `logagent.compression`; `compress` is
+  re-exported here for the outputs.)
 
 What it must never do: drop an item without dead-lettering it, acknowledge before the backend confirmed,
 retry what the backend said is permanent, grow without bound (`send` awaits once `buffer_max_bytes` of items
@@ -34,12 +34,11 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 import aiohttp
-import cramjam
-import lz4.block
 
 from logagent import metrics
 from logagent.backoff import full_jitter
 from logagent.component import Output
+from logagent.compression import compress  # noqa: F401  (re-exported for the outputs)
 from logagent.config import Section
 from logagent.record import AckToken, Batch, noop_token
 
@@ -300,20 +299,7 @@ def ssl_context(tls: TlsSettings) -> ssl.SSLContext:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Compression and time helpers
-
-
-def compress(kind: str, data: bytes) -> bytes:
-    """gzip: HTTP Content-Encoding. snappy: the raw block format (Loki push). lz4: raw LZ4 block without the
-    size prefix (SLS `x-log-compresstype: lz4`, the raw size travels in `x-log-bodyrawsize`)."""
-    if kind == "gzip":
-        return bytes(cramjam.gzip.compress(data, level=3))
-    if kind == "snappy":
-        return bytes(cramjam.snappy.compress_raw(data))
-    if kind == "lz4":
-        out: bytes = lz4.block.compress(data, store_size=False)
-        return out
-    return data
+# Time helpers
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
