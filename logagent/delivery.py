@@ -40,7 +40,7 @@ from logagent.backoff import full_jitter
 from logagent.component import Output
 from logagent.compression import compress  # noqa: F401  (re-exported for the outputs)
 from logagent.config import Section
-from logagent.record import AckToken, Batch, noop_token
+from logagent.record import AckToken, Batch, Shape, noop_token, parse_shape
 
 log = logging.getLogger("logagent.delivery")
 
@@ -153,6 +153,7 @@ class HttpSettings:
     tls: TlsSettings
     auth: AuthSettings
     headers: tuple[tuple[str, str], ...]
+    fields: Shape = field(default_factory=Shape, compare=False)  # what of a record is shipped (`fields`)
 
 
 COMPRESSIONS = ("none", "gzip", "snappy", "lz4")
@@ -207,6 +208,7 @@ def parse_http_settings(
     headers = tuple(section.str_map("headers", {}).items())
     max_in_flight = section.int("max_in_flight", 4, min=1)
     compression = section.str("compression", default_compression, choices=tuple(compressions))
+    fields = parse_shape(section, "lean")
     return HttpSettings(
         url=url.rstrip("/"),
         batch=batch,
@@ -218,6 +220,7 @@ def parse_http_settings(
         tls=tls,
         auth=auth,
         headers=headers,
+        fields=fields,
     )
 
 

@@ -2,7 +2,14 @@
 
 A `Batch` is the unit that moves through the pipeline: a list of record dicts plus the fields they share
 (`meta`: input name, file path, Kubernetes metadata, source identity). Records hold only what differs per line.
-The shipped form of a record is `{**batch.meta, **record}`; `Batch.shipped()` builds it once per output call.
+The full form of a record is `{**batch.meta, **record}` (internal keys left out); `Batch.shipped()` builds it.
+What an output actually ships is decided by its `Shape` (the `fields` setting): `lean` (the default of the backend
+outputs) leaves out the fields the agent keeps for its own bookkeeping (`BOOKKEEPING`: positions, parser counts,
+the input name and file path) and adds `host`; `all` ships everything; a list ships lean plus the fields named.
+
+Document ids (`doc_id`, `position_ids`) are `<source id>:<position in hex>` for numeric positions (file offsets,
+kmsg sequence numbers) and a 128-bit xxh3 of source and position otherwise (journal cursors): no hash per line
+in the common case, and still unique per (source, position) as long as source ids are (one per file generation).
 
 An `AckToken` is how an output tells the input that its records are safe. A token completes when every holder
 has called `done()`; only then may the input checkpoint the position the token carries. This module must never
@@ -11,15 +18,24 @@ decide *when* a position is safe: that is the outputs' answer, collected here.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Iterator
+import os
+import socket
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import xxhash
+
+if TYPE_CHECKING:
+    from logagent.config import Section
 
 Record = dict[str, Any]
 
 # Batch meta keys that steer the agent (deterministic ids) and are not part of what is shipped.
 _INTERNAL_META = frozenset(("source_id", "pos_key"))
+# Fields the agent keeps for itself: where a record was read (offset, input, path) and how it was joined
+# (fragments, lines), and `time_ns` beside `time`. A `lean` output ships them only when its `fields` names them.
+BOOKKEEPING = frozenset(("offset", "time_ns", "fragments", "lines", "input", "path"))
 
 
 class AckToken:
@@ -114,6 +130,84 @@ class Batch:
             yield out
 
 
+def host_name() -> str:
+    """The node's name for the `host` field: $NODE_NAME (the downward API in a DaemonSet), else the hostname."""
+    return os.environ.get("NODE_NAME") or socket.gethostname()
+
+
+class Shape:
+    """Which fields an output ships: `lean`, `all`, or lean plus the named fields (the `fields` setting).
+
+    `drop` is the set of keys left out of records and batch meta; `host` is added to the shared fields of a lean
+    shape (a record's own `host` wins)."""
+
+    __slots__ = ("drop", "host", "lean")
+
+    def __init__(self, spec: str | Sequence[str] = "lean", host: str | None = None) -> None:
+        if spec == "all":
+            self.lean = False
+            self.drop = _INTERNAL_META
+            self.host: str | None = None
+            return
+        if isinstance(spec, str):
+            if spec != "lean":
+                raise ValueError(f'expected "lean", "all" or a list of field names, got {spec!r}')
+            spec = ()
+        self.lean = True
+        self.drop = (_INTERNAL_META | BOOKKEEPING) - frozenset(spec)
+        self.host = host if host is not None else host_name()
+
+    def meta(self, batch: Batch) -> dict[str, Any]:
+        """The batch's shared fields as shipped (one dict per batch)."""
+        meta = batch.meta
+        drop = self.drop
+        out = {k: v for k, v in meta.items() if k not in drop} if not drop.isdisjoint(meta) else dict(meta)
+        if self.host is not None and "host" not in out:
+            out["host"] = self.host
+        return out
+
+    def record(self, rec: Record) -> Record:
+        """One record's own fields as shipped (the record itself when nothing is left out)."""
+        drop = self.drop
+        if drop.isdisjoint(rec):
+            return rec
+        return {k: v for k, v in rec.items() if k not in drop}
+
+    def shipped(self, batch: Batch) -> Iterator[Record]:
+        """Records merged with their shared fields (a record's own field wins), as this shape ships them."""
+        meta = self.meta(batch)
+        for rec in batch.records:
+            out = dict(meta)
+            out.update(self.record(rec))
+            yield out
+
+
+def parse_shape(section: Section, default: str = "lean") -> Shape:
+    """The `fields` setting of an output: `lean`, `all`, or a list of fields shipped beside the lean ones."""
+    value = section.raw("fields", default)
+    if isinstance(value, str):
+        if value not in ("lean", "all"):
+            raise section.error(f'expected "lean", "all" or a list of field names, got {value!r}', "fields")
+        return Shape(value)
+    if isinstance(value, list) and all(isinstance(v, str) and v for v in value):
+        return Shape(value)
+    raise section.error('expected "lean", "all" or a list of field names', "fields")
+
+
+def _source_text(source: Any) -> str:
+    text = str(source)
+    if len(text) > 64:  # Elasticsearch caps `_id` at 512 bytes; a long source id is hashed once
+        return xxhash.xxh3_128_hexdigest(text.encode("utf-8", "surrogatepass"))
+    return text
+
+
+def position_id(source: Any, pos: Any) -> str:
+    """The id of the record at `pos` of `source` (see the module docstring)."""
+    if isinstance(pos, int) and not isinstance(pos, bool) and pos >= 0:
+        return f"{_source_text(source)}:{pos:x}"
+    return xxhash.xxh3_128_hexdigest(f"{source}|{pos}".encode("utf-8", "surrogatepass"))
+
+
 def doc_id(meta: dict[str, Any], record: Record) -> str | None:
     """A stable id for a record, from its source identity and position.
 
@@ -125,8 +219,7 @@ def doc_id(meta: dict[str, Any], record: Record) -> str | None:
         # unwrapped from a sidecar's envelope: identified where the sidecar read it, within its pod
         kube = meta.get("kubernetes") or {}
         pod = kube.get("pod_uid") or meta.get("source_id")
-        return hashlib.blake2b(f"sidecar|{pod}|{sidecar}|{record['sidecar_offset']}".encode(),
-                               digest_size=16).hexdigest()
+        return xxhash.xxh3_128_hexdigest(f"sidecar|{pod}|{sidecar}|{record['sidecar_offset']}".encode())
     source = meta.get("source_id") or record.get("source_id")
     key = meta.get("pos_key") or record.get("pos_key")
     if source is None or key is None:
@@ -134,4 +227,4 @@ def doc_id(meta: dict[str, Any], record: Record) -> str | None:
     pos = record.get(key)
     if pos is None:
         return None
-    return hashlib.blake2b(f"{source}|{pos}".encode(), digest_size=16).hexdigest()
+    return position_id(source, pos)

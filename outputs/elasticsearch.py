@@ -41,7 +41,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -66,8 +68,17 @@ from logagent.delivery import (
     parse_http_settings,
     retry_after_seconds,
 )
-from logagent.record import Batch, doc_id
+from logagent.record import Batch, _source_text, doc_id
 from logagent.timefmt import rfc3339_ns
+
+# The records of the CRI parser's common path: exactly these keys (offset, time_ns, fragments and lines are
+# bookkeeping a lean shape drops), encoded by `_uniform_items`.
+_UNIFORM_KEYS = ("message", "stream", "time", "offset", "time_ns", "fragments", "lines")
+_UNIFORM_LEN = {7}
+_UNIFORM_DROPPED = frozenset(("offset", "time_ns", "fragments", "lines"))
+_UNIFORM_OWN = frozenset(("message", "stream", "@timestamp", "time"))
+_uniform_columns = itemgetter(*_UNIFORM_KEYS)
+_STR = {str}
 
 
 @dataclass(frozen=True)
@@ -122,6 +133,7 @@ class BulkCodec:
         if http.compression == "gzip":
             self.headers["Content-Encoding"] = "gzip"
         self.template = FieldTemplate(settings.index, dates=True)
+        self.shape = http.fields
         self._index_cache: dict[Any, bytes] = {}
 
     # -- batch -> items -------------------------------------------------------------------------------------
@@ -130,49 +142,122 @@ class BulkCodec:
         return [("", items, nbytes)]
 
     def items(self, batch: Batch) -> tuple[list[bytes], int]:
-        meta = batch.meta
+        if not batch.records:
+            return [], 0
+        fast = self._uniform_items(batch)
+        out = fast if fast is not None else self._record_items(batch)
+        return out, sum(map(len, out))
+
+    def _index(self, tkey: str | None, meta_key: tuple[str, ...], merged: Callable[[], dict[str, Any]],
+               ts: str) -> bytes:
+        """The `_index` value (JSON bytes), cached per (meta fields, hour) when the template reads only meta."""
         tmpl = self.template
+        cache = self._index_cache
+        if tmpl.constant:
+            idx = cache.get(None)
+            if idx is None:
+                idx = cache[None] = orjson.dumps(index_name(tmpl.text))
+            return idx
+        ck = (meta_key, tkey) if tkey is not None else None
+        idx = cache.get(ck) if ck is not None else None
+        if idx is None:
+            if len(cache) > 10000:
+                cache.clear()
+            idx = orjson.dumps(index_name(tmpl.render(merged(), rfc3339_ns(ts))))
+            if ck is not None:
+                cache[ck] = idx
+        return idx
+
+    def _meta_key(self, meta: dict[str, Any]) -> tuple[str, ...] | None:
+        """The template's fields from batch meta, or None when the template reads a record's own fields."""
+        tmpl = self.template
+        if not tmpl.fields:
+            return ()
+        if not tmpl.top_keys() <= set(meta):
+            return None
+        return tuple(str(lookup(meta, f)) for f in tmpl.fields)
+
+    def _uniform_items(self, batch: Batch) -> list[bytes] | None:
+        """The common batch, encoded with one `dumps` of a 3-key dict per record: lean shape, every record with
+        exactly the CRI parser's keys and a string `time`, Kubernetes metadata and host pre-encoded once per
+        batch (`orjson.Fragment`), ids from the offset. None when the batch is anything else (then
+        `_record_items` encodes it; both give the same bytes)."""
+        shape = self.shape
+        records = batch.records
+        if not shape.lean or not _UNIFORM_DROPPED <= shape.drop or set(map(len, records)) != _UNIFORM_LEN:
+            return None
+        try:
+            cols = list(map(_uniform_columns, records))  # a KeyError: some record lacks a CRI key
+        except KeyError:
+            return None
+        meta = batch.meta
+        shipped = shape.meta(batch)
+        if not _UNIFORM_OWN.isdisjoint(shipped):
+            return None
+        times = [c[2] for c in cols]
+        if set(map(type, times)) != _STR:
+            return None
+        meta_key = self._meta_key(meta)
+        if meta_key is None:
+            return None
+        frags = {k: orjson.Fragment(orjson.dumps(v, default=str)) for k, v in shipped.items()}
+        source = meta.get("source_id")
+        with_ids = self.settings.document_ids and source is not None and meta.get("pos_key") == "offset"
+        src = orjson.dumps(_source_text(source))[1:-1].replace(b"%", b"%%") if with_ids else b""
+        dumps = orjson.dumps
+        by_hour: dict[str, bytes] = {}
+        tkeys = set(t[:13] for t in times) if self.template.has_date else {""}
+        for tkey in tkeys:
+            sample = times[0] if tkey == "" else next(t for t in times if t[:13] == tkey)
+            idx = self._index(tkey, meta_key, lambda: dict(meta), sample).replace(b"%", b"%%")
+            if with_ids:
+                by_hour[tkey] = b'{"create":{"_index":' + idx + b',"_id":"' + src + b':%x"}}\n%b\n'
+            else:
+                by_hour[tkey] = b'{"create":{"_index":' + idx + b"}}\n%b\n"
+        if len(by_hour) == 1:
+            (fmt,) = by_hour.values()
+            if with_ids:
+                return [fmt % (o, dumps({**frags, "message": m, "stream": st, "@timestamp": t}))
+                        for m, st, t, o, *_ in cols]
+            return [fmt % dumps({**frags, "message": m, "stream": st, "@timestamp": t}) for m, st, t, *_ in cols]
+        out = []
+        for m, st, t, o, *_ in cols:
+            fmt = by_hour[t[:13]] if self.template.has_date else by_hour[""]
+            doc = dumps({**frags, "message": m, "stream": st, "@timestamp": t})
+            out.append(fmt % (o, doc) if with_ids else fmt % doc)
+        return out
+
+    def _record_items(self, batch: Batch) -> list[bytes]:
+        """Any batch: each record shaped (its own fields win over the batch's), `@timestamp` from `time`."""
+        meta = batch.meta
+        shape = self.shape
         dumps = orjson.dumps
         ids = self.settings.document_ids
-        cache = self._index_cache
-        if len(cache) > 10000:
-            cache.clear()
-        meta_only = tmpl.top_keys() <= set(meta) if tmpl.fields else True
-        meta_key = tuple(str(lookup(meta, f)) for f in tmpl.fields) if meta_only else ()
+        meta_key = self._meta_key(meta)
+        shipped_meta = shape.meta(batch)
         out: list[bytes] = []
-        total = 0
-        for rec, shipped in zip(batch.records, batch.shipped()):
-            t = shipped.get("time")
+        for rec in batch.records:
+            doc = dict(shipped_meta)
+            doc.update(shape.record(rec))
+            t = rec.get("time", meta.get("time"))
             if isinstance(t, str):
                 ts: Any = t
-                tkey = t[:13]
             elif isinstance(t, (int, float)) and not isinstance(t, bool):
                 ts = dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat().replace("+00:00", "Z")
-                tkey = ts[:13]
             else:
                 ts = dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
-                tkey = ts[:13]
-            shipped["@timestamp"] = ts
-            if tmpl.constant:
-                idx = cache.get(None)
-                if idx is None:
-                    idx = cache[None] = dumps(index_name(tmpl.text))
-            else:
-                ck = (meta_key, tkey) if meta_only else None
-                idx = cache.get(ck) if ck is not None else None
-                if idx is None:
-                    idx = dumps(index_name(tmpl.render(shipped, rfc3339_ns(ts))))
-                    if ck is not None:
-                        cache[ck] = idx
+            if shape.lean:
+                doc.pop("time", None)  # lean: `@timestamp` is the time
+            doc["@timestamp"] = ts
+            idx = self._index(ts[:13] if meta_key is not None else None, meta_key or (),
+                              lambda: {**meta, **rec, "@timestamp": ts}, ts)
             did = doc_id(meta, rec) if ids else None
             if did is not None:
-                action = b'{"create":{"_index":' + idx + b',"_id":"' + did.encode() + b'"}}\n'
+                action = b'{"create":{"_index":' + idx + b',"_id":' + dumps(did) + b"}}\n"
             else:
                 action = b'{"create":{"_index":' + idx + b"}}\n"
-            item = action + dumps(shipped, default=str, option=orjson.OPT_APPEND_NEWLINE)
-            total += len(item)
-            out.append(item)
-        return out, total
+            out.append(action + dumps(doc, default=str, option=orjson.OPT_APPEND_NEWLINE))
+        return out
 
     # -- codec ----------------------------------------------------------------------------------------------
     def encode(self, key: str, items: list[bytes]) -> Encoded:

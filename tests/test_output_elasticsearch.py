@@ -11,7 +11,7 @@ import logging
 
 import pytest
 
-from logagent.record import doc_id
+from logagent.record import doc_id, host_name
 from tests.helpers import async_wait_for
 from tests.receivers.es import BulkReceiver
 from tests.receivers.harness import AckLedger, build_output, dead_letters, make_context, numbered_batches, run_output
@@ -40,8 +40,10 @@ async def test_every_record_is_stored_once_with_its_deterministic_id(tmp_path) -
     assert rec.auto_docs == [] and rec.conflicts == 0 and rec.items_seen == 300
     assert set(rec.index_of.values()) == {"logs-shop-2024.05.01"}
     sample = rec.docs[doc_id(batches[0].meta, batches[0].records[5])]
-    assert sample["@timestamp"] == batches[0].records[5]["time"]
-    assert sample["kubernetes"]["pod"] == "web-1" and sample["offset"] == 500
+    # lean by default: the batch's Kubernetes metadata and the host, the record's message and stream, its time as
+    # @timestamp; bookkeeping (offset, input, path) left out
+    assert sample == {"kubernetes": {"namespace": "shop", "pod": "web-1"}, "host": host_name(),
+                      "message": "line 5", "stream": "stdout", "@timestamp": batches[0].records[5]["time"]}
     assert rec.content_types == {"application/x-ndjson"}
     assert rec.requests >= 5  # 300 records cut at 64 per request
     assert sorted(ledger.acked) == [0, 1, 2] and ledger.violations == []
@@ -65,7 +67,7 @@ async def test_partial_bulk_failures_retry_429_dead_letter_400_and_accept_409(tm
         return None
 
     rec.item_fault = fault
-    out = build_output("elasticsearch", _settings(rec.url), ctx)
+    out = build_output("elasticsearch", _settings(rec.url, fields=["offset"]), ctx)
     await run_output(out, batches)
     await rec.stop()
 
