@@ -35,9 +35,11 @@ file-backed token is retried (the token is about to be rotated), logged as an er
 authentication error right after the credentials changed is retried with the new ones. Static credentials (inline,
 `{env: NAME}`) cannot change, so their authentication errors are permanent.
 
-Contents: every field of the shipped record becomes a key/value (the internal `source_id`/`pos_key` never);
-nested mappings (kubernetes metadata) are flattened with dots (`kubernetes.namespace`); non-string values are
-JSON. Batch-level fields are encoded once per batch. `time` gives Time and Time_ns (now when missing).
+Contents: every field of the shipped record (the output's `fields` shape: lean by default, see
+`logagent.record.Shape`; `time` is Time/Time_ns and the host is Source, so neither is repeated as a content)
+becomes a key/value; nested mappings (kubernetes metadata) are flattened with dots (`kubernetes.namespace`);
+non-string values are JSON. Batch-level fields are encoded once per batch. `time_ns` (else `time`) gives Time and
+Time_ns (now when missing).
 
 Answers: 2xx accepted. `WriteQuotaExceed`, `ShardWriteQuotaExceed`, 429 and 5xx (and transport errors) are
 retried with backoff. `RequestTimeExpired` is retried too and logged as an error with the measured clock skew
@@ -62,6 +64,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -92,6 +95,15 @@ from logagent.record import Batch
 from logagent.timefmt import rfc3339_ns
 
 log = logging.getLogger("logagent.output.sls")
+
+# The records of the CRI parser's common path: exactly these keys; a lean shape ships message and stream.
+_uniform_columns = itemgetter("message", "stream", "time_ns", "offset", "time", "fragments", "lines")
+_UNIFORM_LEN = {7}
+_UNIFORM_DROPPED = frozenset(("offset", "time", "time_ns", "fragments", "lines"))
+_UNIFORM_OWN = frozenset(("message", "stream"))
+_INT = {int}
+_NANOS = struct.Struct("<I")
+_MESSAGE_KEY = b"\x0a\x07message\x12"
 
 API_VERSION = "0.6.0"
 MAX_LOGS = 4096
@@ -204,21 +216,36 @@ class SlsPutLogs:
         self.group_tail_static = _ld(0x22, settings.source.encode()) + tags
         self.credentials = Credentials(settings)
         self._expired_seen = 0
+        # What of a record becomes Contents: the output's `fields` shape, without `host` (the LogGroup's Source is
+        # the host) and, when lean, without `time` (the Log's Time and Time_ns carry it, to the nanosecond).
+        shape = settings.http.fields
+        self.drop = shape.drop | {"time"} if shape.lean else shape.drop
+        self._stream_pairs: dict[str, bytes] = {}
 
     def parts(self, batch: Batch) -> list[tuple[str, list[bytes], int]]:
         """Items are whole encoded `Log` messages; the partition key is the topic (a LogGroup has one)."""
-        meta = batch.shipped_meta()  # never the internal source_id / pos_key
-        shared = contents(meta)
+        meta = batch.meta
+        drop = self.drop
+        shared = contents({k: v for k, v in meta.items() if k not in drop})
         topic_per_batch = self.topic is None or self.topic.top_keys() <= set(meta)
         batch_topic = (self.topic.render(meta) if self.topic else "") if topic_per_batch else None
+        if batch_topic is not None:
+            fast = self._uniform_logs(batch, shared)
+            if fast is not None:
+                return [(batch_topic, fast, sum(map(len, fast)))]
         now = time.time_ns()
         by_topic: dict[str, list[bytes]] = {}
         sizes: dict[str, int] = {}
         for rec in batch.records:
-            ts = rfc3339_ns(rec.get("time"), now)
+            tns = rec.get("time_ns")
+            ts = tns if type(tns) is int else rfc3339_ns(rec.get("time"), now)
             secs, nanos = divmod(ts, 1_000_000_000)
+            own = rec if drop.isdisjoint(rec) else {k: v for k, v in rec.items() if k not in drop}
             # A record field overrides the batch field of the same name (as in `Batch.shipped`).
-            body = shared + contents(rec) if meta.keys().isdisjoint(rec) else contents({**meta, **rec})
+            if meta.keys().isdisjoint(own):
+                body = shared + contents(own)
+            else:
+                body = contents({k: v for k, v in {**meta, **own}.items() if k not in drop})
             log = _ld(0x0A, b"\x08" + _varint(secs) + body + b"\x25" + struct.pack("<I", nanos))
             if batch_topic is not None:
                 topic = batch_topic
@@ -232,6 +259,32 @@ class SlsPutLogs:
             items.append(log)
             sizes[topic] += len(log)
         return [(t, items, sizes[t]) for t, items in by_topic.items()]
+
+    def _uniform_logs(self, batch: Batch, shared: bytes) -> list[bytes] | None:
+        """The common batch (lean shape, every record with exactly the CRI parser's keys): `message` and
+        `stream` per record, the rest encoded once; the same bytes as the per-record path. None otherwise."""
+        records = batch.records
+        if not _UNIFORM_DROPPED <= self.drop or set(map(len, records)) != _UNIFORM_LEN:
+            return None
+        try:
+            cols = list(map(_uniform_columns, records))
+        except KeyError:
+            return None
+        if not _UNIFORM_OWN.isdisjoint(batch.meta) or set(type(c[2]) for c in cols) != _INT:
+            return None
+        streams = self._stream_pairs
+        pack = _NANOS.pack
+        out = []
+        for m, st, tns, *_ in cols:
+            sp = streams.get(st)
+            if sp is None:
+                sp = streams[st] = _pair(0x12, "stream", st)
+            secs, nanos = divmod(tns, 1_000_000_000)
+            mb = m.encode("utf-8", "surrogateescape")
+            kv = _MESSAGE_KEY + _varint(len(mb)) + mb
+            body = b"\x08" + _varint(secs) + shared + b"\x12" + _varint(len(kv)) + kv + sp + b"\x25" + pack(nanos)
+            out.append(b"\x0a" + _varint(len(body)) + body)
+        return out
 
     def encode(self, key: str, items: list[bytes]) -> Encoded:
         raw = b"".join(items) + (_ld(0x1A, key.encode()) if key else b"") + self.group_tail_static

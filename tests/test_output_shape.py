@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from logagent.outputs.sls import decode_log
 
 from logagent.config import ConfigError
 from logagent.record import AckToken, Batch, doc_id, host_name, position_id
@@ -118,3 +119,26 @@ def test_document_ids_come_from_source_and_position() -> None:
     cursor = {"source_id": "journal", "pos_key": "cursor"}
     a = doc_id(cursor, {"cursor": "s=abc;i=1"})
     assert a == doc_id(cursor, {"cursor": "s=abc;i=1"}) and a != doc_id(cursor, {"cursor": "s=abc;i=2"})
+
+
+def test_sls_logs_of_a_cri_batch_equal_the_per_record_encoding_and_fields_all_keeps_time(tmp_path) -> None:
+    settings = {"url": "http://127.0.0.1:9", "endpoint": "cn-test.log.aliyuncs.com", "project": "p",
+                "logstore": "s", "access_key_id": "id", "access_key_secret": "secret"}
+    codec = build_output("sls", settings, make_context(tmp_path / "a")).codec
+    batch = cri_batch(200)
+    (_, fast, nbytes), = codec.parts(batch)
+    assert nbytes == sum(map(len, fast))
+    odd = cri_batch(200)
+    odd.records.append({"message": "x", "offset": 1, "stream": "stdout", "time": "2024-05-14T09:00:00Z"})
+    assert codec._uniform_logs(odd, b"") is None  # one record of another shape: the per-record path
+    (_, slow, _), = codec.parts(odd)
+    assert slow[:200] == fast
+    r = batch.records[5]
+    assert decode_log(fast[5]) == {"Time": r["time_ns"] // 10**9, "Time_ns": r["time_ns"] % 10**9, "Contents": {
+        "kubernetes.namespace": "shop", "kubernetes.pod": "web-0", "kubernetes.pod_uid": "u-1",
+        "kubernetes.container": "main", "message": r["message"], "stream": r["stream"]}}
+    full = build_output("sls", {**settings, "fields": "all"}, make_context(tmp_path / "b")).codec
+    (_, logs, _), = full.parts(batch)
+    got = decode_log(logs[5])["Contents"]
+    assert got["time"] == r["time"] and got["offset"] == str(r["offset"]) and got["path"] == META["path"]
+    assert "source_id" not in got and "pos_key" not in got
