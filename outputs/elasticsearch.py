@@ -180,7 +180,7 @@ class BulkCodec:
     def _uniform_items(self, batch: Batch) -> list[bytes] | None:
         """The common batch, encoded with one `dumps` of a 3-key dict per record: lean shape, every record with
         exactly the CRI parser's keys and a string `time`, Kubernetes metadata and host pre-encoded once per
-        batch (`orjson.Fragment`), ids from the offset. None when the batch is anything else (then
+        batch, ids from the offset. None when the batch is anything else (then
         `_record_items` encodes it; both give the same bytes)."""
         shape = self.shape
         records = batch.records
@@ -200,30 +200,34 @@ class BulkCodec:
         meta_key = self._meta_key(meta)
         if meta_key is None:
             return None
-        frags = {k: orjson.Fragment(orjson.dumps(v, default=str)) for k, v in shipped.items()}
+        # `{"kubernetes":{...},"host":"...",` once per batch; each record adds `"message":..}` (its own encoding
+        # without the opening brace): the same bytes as encoding the merged dict
+        head = (orjson.dumps(shipped, default=str)[:-1] + b",") if shipped else b"{"
+        head = head.replace(b"%", b"%%")
         source = meta.get("source_id")
         with_ids = self.settings.document_ids and source is not None and meta.get("pos_key") == "offset"
         src = orjson.dumps(_source_text(source))[1:-1].replace(b"%", b"%%") if with_ids else b""
         dumps = orjson.dumps
+        has_date = self.template.has_date
         by_hour: dict[str, bytes] = {}
-        tkeys = set(t[:13] for t in times) if self.template.has_date else {""}
-        for tkey in tkeys:
-            sample = times[0] if tkey == "" else next(t for t in times if t[:13] == tkey)
+        for tkey in set(t[:13] for t in times) if has_date else ("",):
+            sample = next(t for t in times if t[:13] == tkey) if has_date else times[0]
             idx = self._index(tkey, meta_key, lambda: dict(meta), sample).replace(b"%", b"%%")
             if with_ids:
-                by_hour[tkey] = b'{"create":{"_index":' + idx + b',"_id":"' + src + b':%x"}}\n%b\n'
+                by_hour[tkey] = b'{"create":{"_index":' + idx + b',"_id":"' + src + b':%x"}}\n' + head + b"%b\n"
             else:
-                by_hour[tkey] = b'{"create":{"_index":' + idx + b"}}\n%b\n"
+                by_hour[tkey] = b'{"create":{"_index":' + idx + b"}}\n" + head + b"%b\n"
         if len(by_hour) == 1:
             (fmt,) = by_hour.values()
             if with_ids:
-                return [fmt % (o, dumps({**frags, "message": m, "stream": st, "@timestamp": t}))
-                        for m, st, t, o, *_ in cols]
-            return [fmt % dumps({**frags, "message": m, "stream": st, "@timestamp": t}) for m, st, t, *_ in cols]
+                return [fmt % (o, dumps({"message": m, "stream": st, "@timestamp": t})[1:])
+                        for m, st, t, o, _n, _f, _l in cols]
+            return [fmt % dumps({"message": m, "stream": st, "@timestamp": t})[1:]
+                    for m, st, t, _o, _n, _f, _l in cols]
         out = []
-        for m, st, t, o, *_ in cols:
-            fmt = by_hour[t[:13]] if self.template.has_date else by_hour[""]
-            doc = dumps({**frags, "message": m, "stream": st, "@timestamp": t})
+        for m, st, t, o, _n, _f, _l in cols:
+            fmt = by_hour[t[:13] if has_date else ""]
+            doc = dumps({"message": m, "stream": st, "@timestamp": t})[1:]
             out.append(fmt % (o, doc) if with_ids else fmt % doc)
         return out
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from itertools import repeat
+from operator import add as _add
 from operator import itemgetter
 from typing import cast
 
@@ -27,9 +29,15 @@ _FIRST = itemgetter(0)
 _SECOND = itemgetter(1)
 _THIRD = itemgetter(2)
 _F = {"F"}
+_PF = {"P", "F"}
 _STREAM_SET = set(STREAMS)
 _STREAM_NAME = {s: s for s in STREAMS}
 _ZS = Z_SECONDS
+_HEAD = itemgetter(slice(0, 20))
+_FRACTION = itemgetter(slice(20, -1))
+_REPEAT_Z = repeat("Z")
+_REPEAT_9 = repeat(9)
+_REPEAT_0 = repeat("0")
 
 
 def looks_like_cri(line: str) -> bool:
@@ -41,12 +49,17 @@ _Z_MAX = len("2024-05-14T09:12:04.123456789Z")
 
 
 def _times(stamps: list[str]) -> list[int | None]:
-    """UTC ns for each timestamp; the `Z` form (what nodes in UTC write) inline, the rest through time_ns."""
+    """UTC ns for each timestamp; the `Z` form (what nodes in UTC write) by C-level maps over the batch, the rest
+    through time_ns."""
     # the inline form trusts the fraction to have at most 9 digits; one C-level length scan per batch keeps a
     # longer one (not RFC3339Nano, so not a CRI line) away from it, where time_ns rejects it
     if max(map(len, stamps)) > _Z_MAX:
         return list(map(time_ns, stamps))
     try:
+        if all(map(str.endswith, stamps, _REPEAT_Z)):
+            # seconds from the per-second cache, plus the fraction padded to 9 digits
+            fractions = map(int, map(str.ljust, map(_FRACTION, stamps), _REPEAT_9, _REPEAT_0))
+            return list(map(_add, map(_ZS.__getitem__, map(_HEAD, stamps)), fractions))
         return [_ZS[t[:20]] + int(t[20:-1].ljust(9, "0")) if t[-1] == "Z" else time_ns(t) for t in stamps]
     except (KeyError, ValueError, IndexError):
         return list(map(time_ns, stamps))
@@ -84,12 +97,20 @@ class CriJoiner:
             return []
         open_ = self.partials.open
         well_formed = min(map(len, parts)) == 4
-        # the common batch: only F lines of known streams, nothing pending -> one comprehension, no per-line test
-        if (well_formed and not open_ and not flags and set(map(_THIRD, parts)) == _F
-                and set(map(_SECOND, parts)) <= _STREAM_SET):
-            records = full_records(parts, offsets)
-            if records is not None:
-                return records
+        if well_formed and not flags and set(map(_SECOND, parts)) <= _STREAM_SET:
+            tags = list(map(_THIRD, parts))
+            kinds = set(tags)
+            # the common batch: only F lines, nothing pending -> one comprehension, no per-line test
+            if kinds == _F and not open_:
+                records = full_records(parts, offsets)
+                if records is not None:
+                    return records
+            # F lines with a few P pieces among them: all lines as F records in one comprehension, then the
+            # pieces (and the F lines that end them) put right line by line
+            elif kinds <= _PF:
+                records = self._mixed(parts, offsets, tags)
+                if records is not None:
+                    return records
         if well_formed:
             good = list(map(_FULL.__contains__, map(_STREAM_TAG, parts)))
         else:
@@ -116,6 +137,54 @@ class CriJoiner:
                 continue
             self._line(out, lines[i], parts[i], offsets[i], flags.get(i) if flags else None)
             i += 1
+        return out
+
+    def _mixed(self, parts: list[list[str]], offsets: list[int], tags: list[str]) -> list[Record] | None:
+        """A batch of well-formed `P`/`F` lines of known streams, no reader flags. None (nothing consumed) when a
+        timestamp is not valid: the general path then takes the batch line by line."""
+        stamps = list(map(_FIRST, parts))
+        nanos = _times(stamps)
+        if None in nanos:
+            return None
+        records: list[Record | None] = [
+            {"message": p[3], "offset": o, "time": t, "time_ns": n, "stream": _STREAM_NAME[p[1]], "fragments": 1,
+             "lines": 1}
+            for p, o, t, n in zip(parts, offsets, stamps, nanos)
+        ]
+        partials = self.partials
+        open_ = partials.open
+        n = len(parts)
+        more: dict[int, list[Record]] = {}  # a line that completed more than one record (a cut joined line)
+        i = 0
+        while i < n:
+            if not open_:
+                try:
+                    i = tags.index("P", i)  # lines up to the next piece are records as they are
+                except ValueError:
+                    break
+            p = parts[i]
+            stream = p[1]
+            final = tags[i] == "F"
+            if final and stream not in open_:
+                i += 1  # a whole line on the other stream while a piece is pending: already its record
+                continue
+            done: list[Record] = []
+            partials.add(done, stream, p[3], offsets[i], stamps[i], nanos[i], final, None)
+            if len(done) == 1:
+                records[i] = done[0]
+            else:
+                records[i] = None
+                if done:
+                    more[i] = done
+            i += 1
+        if not more:
+            return [r for r in records if r is not None]
+        out: list[Record] = []
+        for k, r in enumerate(records):
+            if r is not None:
+                out.append(r)
+            elif k in more:
+                out.extend(more[k])
         return out
 
     def _line(self, out: list[Record], line: str, p: list[str], offset: int, flags: list[str] | None) -> None:
