@@ -38,7 +38,7 @@ import aiohttp
 from logagent import metrics
 from logagent.backoff import full_jitter
 from logagent.component import Output
-from logagent.compression import compress  # noqa: F401  (re-exported for the outputs)
+from logagent.compression import compress as compress  # re-exported for the outputs
 from logagent.config import Section
 from logagent.record import AckToken, Batch, Shape, noop_token, parse_shape
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from logagent.outputs.sls import decode_log
 
 from logagent.config import ConfigError
+from logagent.outputs.sls import decode_log
 from logagent.record import AckToken, Batch, doc_id, host_name, position_id
 from tests.receivers.es import BulkReceiver
 from tests.receivers.harness import AckLedger, build_output, make_context, run_output
