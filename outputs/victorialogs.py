@@ -30,6 +30,7 @@ import dataclasses
 from logagent.config import Section
 from logagent.delivery import parse_http_settings
 from logagent.outputs.elasticsearch import ElasticsearchOutput, ElasticsearchSettings
+from logagent.record import BOOKKEEPING, Shape
 
 BULK_PATH = "/insert/elasticsearch/_bulk"
 DEFAULT_STREAM_FIELDS = ["input", "kubernetes.namespace", "kubernetes.pod", "kubernetes.container"]
@@ -49,9 +50,15 @@ class VictoriaLogsOutput(ElasticsearchOutput):
                                     "replays); remove it or use type: elasticsearch", key)
         tenant = (("AccountID", str(section.int("account_id", 0, min=0, max=_UINT32))),
                   ("ProjectID", str(section.int("project_id", 0, min=0, max=_UINT32))))
+        stream_fields = section.str_list("stream_fields", DEFAULT_STREAM_FIELDS)
         query = [("_msg_field", section.str("msg_field", "message")),
                  ("_time_field", section.str("time_field", "@timestamp")),
-                 ("_stream_fields", ",".join(section.str_list("stream_fields", DEFAULT_STREAM_FIELDS)))]
+                 ("_stream_fields", ",".join(stream_fields))]
+        if not section.has("fields"):
+            # the stream fields must be in the documents: a lean shape ships the bookkeeping ones named there
+            # (`input` by default) besides its own
+            kept = sorted({f.split(".", 1)[0] for f in stream_fields} & BOOKKEEPING)
+            http = dataclasses.replace(http, fields=Shape(kept))
         ignore = section.str_list("ignore_fields", [])
         if ignore:
             query.append(("ignore_fields", ",".join(ignore)))
