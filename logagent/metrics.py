@@ -78,3 +78,13 @@ NODE_PROBLEM_CONDITION = Gauge(
     "1 while the node condition `type` is True with `reason`; Node Problem Detector's problem_gauge",
     ["type", "reason"], registry=REGISTRY,
 )
+FILE_DROPPED_BYTES = Counter(
+    "logagent_file_dropped_bytes_total",
+    "File bytes that could not be read, by reason (truncated_unread: copytruncate without a copy; max_open_files)",
+    ["input", "reason"], registry=REGISTRY,
+)
+INPUT_DEGRADED = Gauge(
+    "logagent_input_degraded",
+    "1 while an input runs degraded (e.g. the file input without inotify, on stat polling only)",
+    ["input", "reason"], registry=REGISTRY,
+)

@@ -1,7 +1,8 @@
 """What the tailer stores per file, and how a stored position finds its file again after a restart.
 
 A position is `{"path", "offset", "dev", "ino", "fp"}` (read by `logagent status`) plus `real` (the file behind a
-symlink when it was opened) and `skip` (resume inside a truncated over-long line: skip to its newline). The
+symlink when it was opened), `skip` (resume inside a truncated over-long line: skip to its newline), `sid` (the
+generation's source id) and `parent` (the previous generation's, see `identity`). The
 offset is always a safe resume point: every byte before it has been emitted and acknowledged.
 
 After a restart, a checkpointed file may have been rotated away while the agent was down (the kubelet renames
@@ -40,6 +41,8 @@ class StoredPosition:
     ino: int
     fp: FileFingerprint | None
     skip: bool
+    sid: str | None = None  # the generation's source id (`identity`), once known
+    parent: str | None = None  # the source id of the generation before it
 
     @classmethod
     def parse(cls, key: str, value: Any) -> StoredPosition | None:
@@ -48,9 +51,14 @@ class StoredPosition:
         try:
             fp = FileFingerprint.decode(value.get("fp", "")) if value.get("fp") else None
             return cls(key, str(value["path"]), str(value.get("real") or value["path"]), int(value["offset"]),
-                       int(value["dev"]), int(value["ino"]), fp, bool(value.get("skip", False)))
+                       int(value["dev"]), int(value["ino"]), fp, bool(value.get("skip", False)),
+                       _text(value.get("sid")), _text(value.get("parent")))
         except (KeyError, TypeError, ValueError):
             return None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def position(path: str, real: str, offset: int, dev: int, ino: int, fp: FileFingerprint | None,

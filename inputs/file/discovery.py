@@ -33,6 +33,7 @@ class ScanResult:
     files: dict[str, Found] = field(default_factory=dict)
     directories: list[str] = field(default_factory=list)  # matched a glob but are directories
     vanished: list[str] = field(default_factory=list)  # matched, then gone before stat (or dangling symlinks)
+    links: dict[str, str] = field(default_factory=dict)  # matched symlinks (dangling ones too) -> real target path
 
 
 class FileGlobs:
@@ -71,6 +72,8 @@ class FileGlobs:
                     continue
                 seen.add(path)
                 try:
+                    if stat.S_ISLNK(os.lstat(path).st_mode):
+                        out.links[path] = os.path.realpath(path)
                     st = os.stat(path)
                 except OSError:
                     out.vanished.append(path)
@@ -81,10 +84,10 @@ class FileGlobs:
                 out.files[path] = Found(path, st.st_dev, st.st_ino, st.st_size)
         return out
 
-    def watch_roots(self) -> list[tuple[str, bool]]:
-        """(directory, recursive) to watch for files appearing: the fixed prefix of each glob; recursive when a
-        directory part of the glob has wildcards (e.g. /var/log/pods/*/*/*.log)."""
-        roots: dict[str, bool] = {}
+    def watch_roots(self) -> list[tuple[str, int]]:
+        """(directory, depth) to watch for files appearing: the fixed prefix of each glob, and how many levels of
+        directories below it can hold matches (-1: any, for `**`; 0: the directory itself)."""
+        roots: dict[str, int] = {}
         for parts in self._split:
             fixed: list[str] = []
             for part in parts[:-1]:
@@ -92,6 +95,7 @@ class FileGlobs:
                     break
                 fixed.append(part)
             directory = "/".join(fixed) or "/"
-            recursive = len(fixed) < len(parts) - 1
-            roots[directory] = roots.get(directory, False) or recursive
+            depth = -1 if "**" in parts else len(parts) - 1 - len(fixed)
+            old = roots.get(directory)
+            roots[directory] = depth if old is None else (-1 if -1 in (old, depth) else max(old, depth))
         return sorted(roots.items())

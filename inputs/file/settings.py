@@ -24,6 +24,7 @@ class FileSettings:
     partial_line_flush: float
     rotate_wait: float  # how long a rotated-away or deleted file is kept open after its last growth
     fingerprint_bytes: int
+    max_open_files: int  # descriptors the input may hold; rotated files read to their end are closed first
     parser: ParserSettings  # format, multiline, body parser: logagent.parsers.factory owns these keys
 
 
@@ -46,6 +47,7 @@ def parse_file_settings(section: Section) -> FileSettings:
         partial_line_flush=section.duration("partial_line_flush", 5.0),
         rotate_wait=section.duration("rotate_wait", 5.0),
         fingerprint_bytes=_at_least(section, "fingerprint_bytes", section.size("fingerprint_bytes", 1024), 16),
+        max_open_files=section.int("max_open_files", 4096, min=16),
         parser=parse_parser_settings(section),
     )
     if settings.poll_interval <= 0:

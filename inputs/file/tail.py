@@ -15,10 +15,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import xxhash
-
 from logagent.inputs.file.checkpoints import position
 from logagent.inputs.file.fingerprint import FileFingerprint, fingerprint_of, read_head
+from logagent.inputs.file.identity import source_id
 from logagent.inputs.file.reader import LineSplitter
 from logagent.parsers.base import LineJoiner
 from logagent.record import Record
@@ -33,7 +32,7 @@ class Tail:
     dev: int
     ino: int
     fp: FileFingerprint
-    source_id: str
+    source_id: str | None  # None until the first line is complete (`identity`)
     splitter: LineSplitter
     joiner: LineJoiner
     read_offset: int
@@ -50,11 +49,19 @@ class Tail:
     started: bool = False  # bytes read since opened (a successor not started yet may carry a record: `carry`)
     carry: Any = None  # carry.CarriedJoiner: this file reads on into its rotated predecessor's unfinished record
     carried_by: Any = None  # carry.CarriedJoiner: a successor holds this file's unfinished record
+    parent_sid: str | None = None  # the source id of the generation before this one (truncated file)
+    pos_key: str = ""  # checkpoint key ("dev:ino"); differs from `key` for a retired generation
+    readable: bool = True  # False: a retired generation whose bytes are gone; only its pending records remain
+    opened_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.pos_key:
+            self.pos_key = self.key
 
     # -- reading --------------------------------------------------------------------------------------------
     def read(self, limit: int, now: float) -> int:
         """Read up to `limit` bytes, split and join them into `pending`. Returns bytes read (0 at EOF)."""
-        data = os.pread(self.fd, limit, self.read_offset)
+        data = os.pread(self.fd, limit, self.read_offset) if self.readable else b""
         if not data:
             self.at_eof = True
             return 0
@@ -66,6 +73,8 @@ class Tail:
         self.last_growth = now
         if self.fp.length < self.fingerprint_bytes and self.read_offset > self.fp.length:
             self.fp = fingerprint_of(read_head(self.fd, self.fingerprint_bytes))
+        if self.source_id is None:
+            self.fix_source_id(final=False)
         lines, offsets, flags = self.splitter.feed(data, self.read_offset, now)
         if lines:
             self._add(self.joiner.feed(lines, offsets, flags))
@@ -79,6 +88,8 @@ class Tail:
             self._settle_carry()
         sp = self.splitter
         if sp.pending and (force or now - sp.pending_since >= max_age):
+            if self.source_id is None:
+                self.fix_source_id(final=True)
             lines, offsets, flags = sp.take_partial()
             if lines:
                 self._add(self.joiner.feed(lines, offsets, flags))
@@ -116,18 +127,32 @@ class Tail:
         self.pending, self.pending_bytes = [], 0
         return records, nbytes
 
-    def truncated(self) -> None:
-        """copytruncate: the file shrank under us. Start again at 0 with fresh parser state; what the joiner
-        held belongs to the old contents and is emitted as it is."""
-        self._add(self.joiner.flush(0.0, True))
-        self.read_offset = 0
-        self.splitter.reset(0)
+    def fix_source_id(self, final: bool) -> None:
+        """Name this generation once its first line is complete (or, `final`, from the bytes it has: a partial
+        first line flushed, a head without newline)."""
+        if not self.readable:
+            return
         head = read_head(self.fd, self.fingerprint_bytes)
-        self.fp = fingerprint_of(head)
-        self.source_id = make_source_id(self.dev, self.ino, head)
-        self.meta = {**self.meta, "source_id": self.source_id}
+        sid = source_id(self.dev, self.ino, head, self.parent_sid, final or len(head) >= self.fingerprint_bytes)
+        if sid is not None:
+            self.source_id = sid
+            self.meta = {**self.meta, "source_id": sid}
+
+    def restart_generation(self, joiner: LineJoiner) -> None:
+        """The file was truncated (or rewritten) under us: a new generation from offset 0, with fresh parser
+        state and a source id of its own (derived from the previous one, so ids never collide)."""
+        self.parent_sid = self.source_id
+        self.source_id = None
+        self.meta = {k: v for k, v in self.meta.items() if k != "source_id"}
+        self.read_offset = 0
+        self.splitter = LineSplitter(self.splitter.max_line, 0)
+        self.joiner = joiner
+        self.pending, self.pending_bytes = [], 0
+        self.carry = None
+        self.fp = fingerprint_of(read_head(self.fd, self.fingerprint_bytes))
         self.at_eof = False
         self.rewritten = False
+        self.fix_source_id(final=False)
 
     # -- positions ------------------------------------------------------------------------------------------
     def safe_offset(self) -> int:
@@ -145,19 +170,14 @@ class Tail:
         offset = self.safe_offset()
         skip = self.splitter.skipping and offset == self.splitter.consumed
         pos = position(self.path, self.real, offset, self.dev, self.ino, self.fp, skip)
-        pos["sid"] = self.source_id
+        if self.source_id is not None:
+            pos["sid"] = self.source_id
+        if self.parent_sid is not None:
+            pos["parent"] = self.parent_sid
         return pos
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            os.close(self.fd)
-
-
-def make_source_id(dev: int, ino: int, head: bytes) -> str:
-    """Names the file in deterministic record ids: (dev, inode) plus its first line, so two files with the same
-    first line differ, and a reused inode with other contents differs. Stored with the position, so it does not
-    change when the file is found again under another name after a restart."""
-    nl = head.find(b"\n")
-    first = head[: nl + 1] if nl >= 0 else head
-    return xxhash.xxh64_hexdigest(b"%d:%d:" % (dev, ino) + first)
+            if self.fd >= 0:
+                os.close(self.fd)

@@ -1,0 +1,221 @@
+"""Rotation, in one place: every way a followed file stops being the file under its name.
+
+- **rename** (kubelet, logrotate `create`): the name holds another file or none; the old file is read to its end
+  through its descriptor, then closed (`reading`), before its successor under the same name.
+- **delete**: the same, through the descriptor (the bytes stay readable until it is closed).
+- **truncation** (copytruncate; a file rewritten from the start): the bytes after our offset now live only in the
+  copy, if there is one. The copy is looked for at once, in the file's directory: a regular file, another inode,
+  at least as long as our offset, starting with the same bytes (fingerprint); the newest if several. It takes
+  over the old generation exactly where we were (offset, parser state, records not emitted yet, source id) and is
+  read to its end like a renamed file. The truncated file goes on as a new generation from offset 0, with a source
+  id of its own (`identity`). Without a copy, the unread bytes are gone: counted
+  (`logagent_file_dropped_bytes_total{reason="truncated_unread"}`) and logged.
+- **while the agent was down** (`restore`): a stored file is looked for by inode, then by fingerprint (a copy) in
+  the directories it lived in, and finished from its stored offset; an inode that now holds another generation is
+  read from 0 under a source id derived from the stored one, so replays give the same ids as the first run did.
+
+This module never reads records or emits anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from typing import Any
+
+from logagent import metrics
+from logagent.checkpoint import PositionTracker
+from logagent.inputs.file.checkpoints import STARTED_KEY, StoredPosition, file_key, locate, position
+from logagent.inputs.file.files import Tails
+from logagent.inputs.file.fingerprint import matches
+from logagent.inputs.file.opening import Opener
+from logagent.inputs.file.tail import Tail
+
+log = logging.getLogger("logagent.input.file")
+
+DROPPED_BYTES = metrics.FILE_DROPPED_BYTES
+
+
+class Rotation:
+    def __init__(self, name: str, tails: Tails, opener: Opener, tracker: PositionTracker) -> None:
+        self.name = name
+        self.tails = tails
+        self.opener = opener
+        self.tracker = tracker
+        self._retired = 0
+
+    # -- rename and delete ----------------------------------------------------------------------------------
+    def renamed(self, tail: Tail) -> None:
+        self.tails.orphan(tail, "rename")
+
+    def deleted(self, tail: Tail) -> None:
+        self.tails.orphan(tail, "delete")
+
+    # -- truncation -----------------------------------------------------------------------------------------
+    def check(self, tail: Tail, size: int, head: bool) -> bool:
+        """Is the followed `tail` truncated (shorter than our offset or, with `head`, other first bytes)? If so,
+        handle it now. Returns whether it was."""
+        if tail.orphaned or not tail.readable or tail.read_offset == 0:
+            return False
+        if size >= tail.read_offset and not tail.rewritten and not (head and not matches(tail.fd, tail.fp)):
+            return False
+        self.truncated(tail, size)
+        return True
+
+    def truncated(self, tail: Tail, size: int) -> None:
+        metrics.ROTATIONS.labels(input=self.name, kind="truncate").inc()
+        copy = self._find_copy(tail)
+        if copy is not None:
+            self._hand_to_copy(tail, *copy)
+        else:
+            unread = max(0, tail.size - tail.read_offset)
+            if unread:
+                DROPPED_BYTES.labels(input=self.name, reason="truncated_unread").inc(unread)
+            log.info("file truncated (copytruncate); no copy found, reading it again from the start",
+                     extra={"path": tail.path, "offset": tail.read_offset, "size": size, "unread_bytes": unread})
+            self._retire(tail)
+        tail.restart_generation(self.opener.fresh_joiner(tail.path))
+        tail.size = size
+        self.tails.mark(tail.key)
+
+    def _find_copy(self, tail: Tail) -> tuple[str, int, os.stat_result] | None:
+        directory = os.path.dirname(tail.real)
+        best: tuple[float, str, int, os.stat_result] | None = None
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            return None
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) == (tail.dev, tail.ino):
+                continue
+            if st.st_size < tail.read_offset or file_key(st.st_dev, st.st_ino) in self.tails.tails:
+                continue
+            try:
+                fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            except OSError:
+                continue
+            if matches(fd, tail.fp) and (best is None or st.st_mtime > best[0]):
+                if best is not None:
+                    os.close(best[2])
+                best = (st.st_mtime, entry.path, fd, st)
+            else:
+                os.close(fd)
+        return None if best is None else best[1:]
+
+    def _hand_to_copy(self, tail: Tail, path: str, fd: int, st: os.stat_result) -> None:
+        """The copy goes on with the old generation where `tail` was."""
+        now = time.monotonic()
+        key = file_key(st.st_dev, st.st_ino)
+        old = Tail(key=key, path=tail.path, real=path, fd=fd, dev=st.st_dev, ino=st.st_ino, fp=tail.fp,
+                   source_id=tail.source_id, splitter=tail.splitter, joiner=tail.joiner, read_offset=tail.read_offset,
+                   meta=tail.meta, fingerprint_bytes=tail.fingerprint_bytes, orphaned=True, last_growth=now,
+                   size=st.st_size, pending=tail.pending, pending_bytes=tail.pending_bytes, started=True,
+                   carry=tail.carry, parent_sid=tail.parent_sid, opened_at=now)
+        if old.source_id is None:
+            old.fix_source_id(final=False)
+        # its stored position: the acknowledged one of the old generation (what is emitted and not yet
+        # acknowledged may still have to be read again), under the copy's identity
+        committed = self.tracker.committed.get(tail.pos_key)
+        acked = committed.get("offset", 0) if isinstance(committed, dict) else 0
+        acked = acked if isinstance(acked, int) and 0 <= acked <= tail.read_offset else 0
+        pos = position(tail.path, path, acked, st.st_dev, st.st_ino, tail.fp, False)
+        if old.source_id is not None:
+            pos["sid"] = old.source_id
+        if old.parent_sid is not None:
+            pos["parent"] = old.parent_sid
+        self.tracker.set(key, pos)
+        self.tails.add(old)
+        metrics.ROTATIONS.labels(input=self.name, kind="copytruncate_copy").inc()
+        log.info("copytruncate: finishing the old contents from the copy", extra={
+            "path": tail.path, "copy": path, "offset": tail.read_offset, "copy_size": st.st_size})
+
+    def _retire(self, tail: Tail) -> None:
+        """No copy: what the old generation still holds (records read, a held line) leaves under its own id."""
+        tail.flush_partial(0.0, 0.0, force=True)
+        if not tail.has_pending:
+            return
+        self._retired += 1
+        old = Tail(key=f"{tail.key}~{self._retired}", path=tail.path, real=tail.real, fd=-1, dev=tail.dev,
+                   ino=tail.ino, fp=tail.fp, source_id=tail.source_id, splitter=tail.splitter, joiner=tail.joiner,
+                   read_offset=tail.read_offset, meta=tail.meta, fingerprint_bytes=tail.fingerprint_bytes,
+                   orphaned=True, pending=tail.pending, pending_bytes=tail.pending_bytes, started=True,
+                   carry=tail.carry, parent_sid=tail.parent_sid, pos_key=tail.pos_key, readable=False,
+                   last_growth=0.0, opened_at=time.monotonic())
+        self.tails.add(old)
+
+    # -- after a restart ------------------------------------------------------------------------------------
+    def restore(self) -> None:
+        """Reopen every stored file where it is now, and go on from its acknowledged offset. Files still at their
+        own inode first, so a copy found by fingerprint for another stored position is not opened twice."""
+        stored_all: list[tuple[StoredPosition, Any]] = []
+        for key, value in list(self.tracker.committed.items()):
+            if key == STARTED_KEY:
+                continue
+            stored = StoredPosition.parse(key, value)
+            if stored is None:
+                self.tracker.forget(key)
+                continue
+            stored_all.append((stored, value))
+        stored_all.sort(key=lambda sv: not _at_own_inode(sv[0]))
+        for stored, _ in stored_all:
+            where = locate(stored)
+            if where is None:
+                if _inode_exists(stored) and stored.sid:
+                    # the inode holds a newer generation (truncated while we were down, old bytes gone)
+                    self.opener.parents.setdefault(stored.key, stored.sid)
+                    continue
+                log.info("checkpointed file is gone; forgetting it", extra={"path": stored.path})
+                self.tracker.forget(stored.key)
+                continue
+            if _inode_exists(stored) and stored.sid and not _at(where, stored):
+                self.opener.parents.setdefault(stored.key, stored.sid)
+            # a file found under another name was rotated out of the glob while we were down: finish it under
+            # its old name (which names the source for metadata)
+            orphaned = not _same_file(where, stored.path)
+            tail = self.opener.open(where, name=stored.path, stored=stored, orphaned=orphaned,
+                                    known=self.tails.tails.get)
+            if tail is None or tail.key in self.tails.tails:
+                continue
+            self.tails.add(tail)
+            if orphaned:
+                metrics.ROTATIONS.labels(input=self.name, kind="rotated_while_down").inc()
+                log.info("finishing a file rotated while the agent was down",
+                         extra={"path": stored.path, "now_at": where, "offset": stored.offset})
+
+
+def _at_own_inode(stored: StoredPosition) -> bool:
+    for p in (stored.real, stored.path):
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (stored.dev, stored.ino):
+            return True
+    return False
+
+
+def _inode_exists(stored: StoredPosition) -> bool:
+    return _at_own_inode(stored)
+
+
+def _at(where: str, stored: StoredPosition) -> bool:
+    try:
+        st = os.stat(where)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (stored.dev, stored.ino)
+
+
+def _same_file(a: str, b: str) -> bool:
+    """`a` and `b` (a glob name, maybe a symlink) are the same file now."""
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
