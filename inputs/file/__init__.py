@@ -81,8 +81,11 @@ class FileInput(Input):
         follower: asyncio.Task[None] | None = None
         try:
             self.opener.first_start = STARTED_KEY not in self.tracker.committed
-            self.rotation.restore()
+            # watches first: a file renamed from now on is an event; one renamed before is found by `restore`
             self.follower.start()
+            self.follower.scan(follow=False)
+            updated = {k: u for i, k, _, u in self.ctx.checkpoints.load_all() if i == self.name}
+            self.rotation.restore(updated)
             self.follower.scan()
             # `read_from: tail` was for the files already there; later ones start at 0
             self.opener.first_start = False

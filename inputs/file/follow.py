@@ -242,6 +242,8 @@ class Follower:
             return
         if size < tail.read_offset:
             self.rotation.check(tail, size, head=False)
+        else:
+            tail.size = size
 
     # -- polling --------------------------------------------------------------------------------------------
     def poll(self) -> None:
@@ -271,7 +273,9 @@ class Follower:
                 self.rotation.deleted(tail)
         self.scan()
 
-    def scan(self) -> None:
+    def scan(self, follow: bool = True) -> None:
+        """Rescan the globs: symlinks and the directories they point into are watched first, then (`follow`) every
+        matched file is followed."""
         result = self.globs.scan()
         for path in result.directories:
             self.opener.report_once(path, "directory", "a directory matches the glob; skipping it")
@@ -279,6 +283,8 @@ class Follower:
             self.tails.set_link(link, target)
         for link in [p for p in self.tails.links if p not in result.links]:
             self.tails.unset_link(link)
+        if not follow:
+            return
         for path in result.files:
             self._follow(path)
         if not self.watch.degraded:

@@ -150,9 +150,11 @@ class Rotation:
         self.tails.add(old)
 
     # -- after a restart ------------------------------------------------------------------------------------
-    def restore(self) -> None:
+    def restore(self, updated: dict[str, float]) -> None:
         """Reopen every stored file where it is now, and go on from its acknowledged offset. Files still at their
-        own inode first, so a copy found by fingerprint for another stored position is not opened twice."""
+        own inode first, so a copy found by fingerprint for another stored position is not opened twice. Then the
+        files rotated *and* created while the agent was down (`_born_while_down`). `updated`: when each stored
+        position was last written (wall clock)."""
         stored_all: list[tuple[StoredPosition, Any]] = []
         for key, value in list(self.tracker.committed.items()):
             if key == STARTED_KEY:
@@ -170,7 +172,15 @@ class Rotation:
                     # the inode holds a newer generation (truncated while we were down, old bytes gone)
                     self.opener.parents.setdefault(stored.key, stored.sid)
                     continue
-                log.info("checkpointed file is gone; forgetting it", extra={"path": stored.path})
+                value = self.tracker.committed.get(stored.key)
+                size = value.get("size", 0) if isinstance(value, dict) else 0
+                unread = size - stored.offset if isinstance(size, int) and size > stored.offset else 0
+                if unread:
+                    DROPPED_BYTES.labels(input=self.name, reason="deleted_while_down").inc(unread)
+                    log.warning("a rotated file was deleted while the agent was down before it was read to its end",
+                                extra={"path": stored.path, "was_at": stored.real, "unread_bytes_at_least": unread})
+                else:
+                    log.info("checkpointed file is gone; forgetting it", extra={"path": stored.path})
                 self.tracker.forget(stored.key)
                 continue
             if _inode_exists(stored) and stored.sid and not _at(where, stored):
@@ -187,6 +197,55 @@ class Rotation:
                 metrics.ROTATIONS.labels(input=self.name, kind="rotated_while_down").inc()
                 log.info("finishing a file rotated while the agent was down",
                          extra={"path": stored.path, "now_at": where, "offset": stored.offset})
+        self._born_while_down([s for s, _ in stored_all], updated)
+
+    def _born_while_down(self, stored_all: list[StoredPosition], updated: dict[str, float]) -> None:
+        """A file created under a glob name and rotated away while the agent was down has no position (nor has one
+        opened just before a `kill -9`, before its position reached the disk): it is a rotated sibling
+        (`0.log.<stamp>`, `x.log.1`; compressed ones are not read) of the file now under that name, that no stored
+        position names and that was written after the oldest stored file of that name (older unknown siblings
+        were there before the agent first started). It is read from its start under the name it was rotated from;
+        if it had been read before, its records get the same ids again (replays, not duplicates)."""
+        since: dict[str, float] = {}  # glob name -> the oldest moment its stored files are known from
+        for st in stored_all:
+            moment = updated.get(st.key, 0.0)
+            for p in (st.real, st.path):
+                try:
+                    info = os.stat(p)
+                except OSError:
+                    continue
+                if (info.st_dev, info.st_ino) == (st.dev, st.ino):
+                    moment = min(moment, info.st_mtime)
+                    break
+            since[st.path] = min(since.get(st.path, moment), moment)
+        known = {st.key for st in stored_all} | set(self.tails.tails)
+        for name, moment in since.items():
+            directory, base = os.path.split(os.path.realpath(name))
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            for entry in sorted(entries, key=lambda e: e.name):
+                if not entry.name.startswith(base + ".") or entry.name.endswith(_COMPRESSED):
+                    continue
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if not stat.S_ISREG(info.st_mode) or file_key(info.st_dev, info.st_ino) in known \
+                        or info.st_mtime <= moment:
+                    continue
+                tail = self.opener.open(entry.path, name=name, orphaned=True, known=self.tails.tails.get)
+                if tail is None or tail.key in self.tails.tails:
+                    continue
+                known.add(tail.key)
+                self.tails.add(tail)
+                metrics.ROTATIONS.labels(input=self.name, kind="rotated_while_down").inc()
+                log.info("reading a rotated file no position names (created and rotated while the agent was down)",
+                         extra={"path": name, "now_at": entry.path})
+
+
+_COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
 
 
 def _at_own_inode(stored: StoredPosition) -> bool:

@@ -70,6 +70,8 @@ class Tail:
             self._settle_carry()
         self.at_eof = len(data) < limit
         self.read_offset += len(data)
+        if self.read_offset > self.size:
+            self.size = self.read_offset
         self.last_growth = now
         if self.fp.length < self.fingerprint_bytes and self.read_offset > self.fp.length:
             self.fp = fingerprint_of(read_head(self.fd, self.fingerprint_bytes))
@@ -174,6 +176,8 @@ class Tail:
             pos["sid"] = self.source_id
         if self.parent_sid is not None:
             pos["parent"] = self.parent_sid
+        if self.size > offset:
+            pos["size"] = self.size  # last size seen: what is lost if the file is deleted before it is read
         return pos
 
     def close(self) -> None:
