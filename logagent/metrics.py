@@ -80,7 +80,7 @@ NODE_PROBLEM_CONDITION = Gauge(
 )
 FILE_DROPPED_BYTES = Counter(
     "logagent_file_dropped_bytes_total",
-    "File bytes that could not be read, by reason (truncated_unread: copytruncate without a copy; max_open_files)",
+    "File bytes that could not be read, by reason (truncated_unread, deleted_while_down, max_open_files)",
     ["input", "reason"], registry=REGISTRY,
 )
 INPUT_DEGRADED = Gauge(
