@@ -148,6 +148,8 @@ class Reader:
     def _advance_unheld(self, tail: Tail) -> None:
         """Bytes that made no record (a skipped over-long line's rest, blank joins) still move the checkpoint,
         but only when nothing before them is waiting for an acknowledgement."""
+        if tail.waits_for and self.tracker.outstanding(tail.waits_for):
+            return  # records of this file read before a copytruncate are still unacknowledged under the original
         if tail.readable and self.tracker.outstanding(tail.pos_key) == 0:
             pos = tail.position()
             committed = self.tracker.committed.get(tail.pos_key)
@@ -265,16 +267,21 @@ class Reader:
             remove_gauge(metrics.FILE_LAG, self.name, path)
 
     def _forget_removed(self) -> None:
-        """Positions of finished rotated files are kept while the files exist (a restart then finds nothing left to
-        read in them); once rotation deletes them, their positions go, so the store does not grow with every
-        rotation."""
+        """Positions of finished rotated files are kept while the files exist, under any name in their directory (a
+        restart then finds nothing left to read in them; logrotate renames `x.log.1` to `x.log.2`); once rotation
+        deletes them, their positions go, so the store does not grow with every rotation."""
+        if not self._finished:
+            return
+        inodes: dict[str, set[str] | None] = {}  # directory -> keys of the files in it (None: unreadable)
         for key, path in list(self._finished.items()):
-            try:
-                st = os.stat(path)
-                gone = file_key(st.st_dev, st.st_ino) != key
-            except OSError:
-                gone = True
-            if gone and key not in self.tails.tails:
+            directory = os.path.dirname(path)
+            if directory not in inodes:
+                try:
+                    inodes[directory] = {file_key(st.st_dev, st.st_ino) for st in _stats(directory)}
+                except OSError:
+                    inodes[directory] = None
+            present = inodes[directory]
+            if (present is None or key not in present) and key not in self.tails.tails:
                 del self._finished[key]
                 self._forget_later.add(key)
 
@@ -287,6 +294,16 @@ class Reader:
             elif self.tracker.outstanding(key) == 0:
                 self.tracker.forget(key)
                 self._forget_later.discard(key)
+
+
+def _stats(directory: str) -> list[os.stat_result]:
+    out = []
+    for entry in os.scandir(directory):
+        try:
+            out.append(entry.stat(follow_symlinks=False))
+        except OSError:
+            continue
+    return out
 
 
 def remove_gauge(gauge: Any, input_name: str, path: str) -> None:

@@ -116,7 +116,7 @@ class Rotation:
                    source_id=tail.source_id, splitter=tail.splitter, joiner=tail.joiner, read_offset=tail.read_offset,
                    meta=tail.meta, fingerprint_bytes=tail.fingerprint_bytes, orphaned=True, last_growth=now,
                    size=st.st_size, pending=tail.pending, pending_bytes=tail.pending_bytes, started=True,
-                   carry=tail.carry, parent_sid=tail.parent_sid, opened_at=now)
+                   carry=tail.carry, parent_sid=tail.parent_sid, opened_at=now, waits_for=tail.pos_key)
         if old.source_id is None:
             old.fix_source_id(final=False)
         # its stored position: the acknowledged one of the old generation (what is emitted and not yet

@@ -51,6 +51,7 @@ class Tail:
     carried_by: Any = None  # carry.CarriedJoiner: a successor holds this file's unfinished record
     parent_sid: str | None = None  # the source id of the generation before this one (truncated file)
     pos_key: str = ""  # checkpoint key ("dev:ino"); differs from `key` for a retired generation
+    waits_for: str = ""  # another checkpoint key whose batches hold records of this file (a copy: the original's)
     readable: bool = True  # False: a retired generation whose bytes are gone; only its pending records remain
     opened_at: float = 0.0
 
