@@ -78,7 +78,7 @@ class Opener:
         self._reported.pop(path, None)
         if self.tracker.outstanding(key) == 0:
             self.tracker.set(key, tail.position())
-        log.debug("following file", extra={"path": path, "name": name, "offset": tail.read_offset})
+        log.debug("following file", extra={"path": path, "as": name, "offset": tail.read_offset})
         return tail
 
     def _tail(self, fd: int, st: os.stat_result, key: str, path: str, name: str, stored: StoredPosition | None,
