@@ -27,7 +27,8 @@ Wire format (grafana/loki pkg/push/push.proto, see `outputs/proto/logproto.proto
 `StreamAdapter{labels, entries}`, entries `EntryAdapter{timestamp, line, structuredMetadata}`, sorted by time
 within each stream, built with the classes protoc generated from that schema (`outputs/proto/logproto_pb2.py`:
 byte-identical to the former hand encoder and about 3x faster, `benchmarks/bench_protobuf.py`) and snappy
-block-compressed. A line or metadata value holding undecodable bytes (surrogates) is sent with U+FFFD for them:
+block-compressed. A line or metadata value holding undecodable bytes (surrogates) is sent with U+FFFD for them
+(protobuf and JSON alike):
 a protobuf string is UTF-8. JSON:
 `{"streams": [{"stream": {...}, "values": [["<ns>", "<line>", {metadata}]]}]}`.
 
@@ -131,6 +132,16 @@ class LokiSettings:
 def _utf8(text: str) -> str:
     """Undecodable bytes (kept as surrogates) as U+FFFD: what a protobuf string field can carry."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _utf8_doc(value: Any) -> Any:
+    if isinstance(value, str):
+        return _utf8(value)
+    if isinstance(value, dict):
+        return {_utf8(str(k)): _utf8_doc(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_utf8_doc(v) for v in value]
+    return value
 
 
 def push_body(streams: dict[str, list[Item]]) -> bytes:
@@ -337,7 +348,10 @@ class LokiPush:
              "values": [[str(ts), line, dict(md)] if md else [str(ts), line]
                         for _, ts, line, md in sorted(entries, key=_by_time)]}
             for labels, entries in streams.items()]}
-        payload = orjson.dumps(doc)
+        try:
+            payload = orjson.dumps(doc)
+        except orjson.JSONEncodeError:  # undecodable bytes (surrogates): U+FFFD, as on the protobuf path
+            payload = orjson.dumps(_utf8_doc(doc))
         if self.settings.http.compression == "gzip":
             payload = compress("gzip", payload)
         return Encoded(payload, headers, self.url)

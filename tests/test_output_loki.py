@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import pytest
+
 from logagent import metrics
 from logagent.timefmt import rfc3339_ns
 from tests.helpers import async_wait_for
@@ -327,3 +329,21 @@ def test_settings_are_validated(tmp_path) -> None:
         build_output("loki", {"url": "http://x", "compression": "gzip"}, ctx)
     with pytest.raises(ConfigError, match=r"outputs\[0\]\.labels: at most 15 labels"):
         build_output("loki", {"url": "http://x", "labels": {f"l{i}": "{x}" for i in range(16)}}, ctx)
+
+
+@pytest.mark.parametrize("encoding", ["protobuf", "json"])
+async def test_undecodable_bytes_are_sent_as_u_fffd_not_dead_lettered(tmp_path, encoding) -> None:
+    """A line whose undecodable bytes are still surrogates (surrogateescape) cannot be a protobuf or JSON string:
+    they go as U+FFFD, the record keeps its invalid_utf8 flag, nothing is dead-lettered."""
+    rec = await LokiReceiver().start()
+    ctx = make_context(tmp_path)
+    ledger = AckLedger(lambda meta, r: True)
+    batches = numbered_batches(ledger, 1, 3, meta=kube("web-1"))
+    batches[0].records[1]["message"] = b"bad \xff\xfe bytes".decode("utf-8", "surrogateescape")
+    batches[0].records[1]["flags"] = ["invalid_utf8"]
+    out = build_output("loki", _settings(rec.url, encoding=encoding), ctx)
+    await run_output(out, batches)
+    await rec.stop()
+    got = {line: md.get("flags") for _, _, line, md in rec.stored("")}
+    assert got == {"line 0": None, "bad \ufffd\ufffd bytes": "invalid_utf8", "line 2": None}
+    assert dead_letters(ctx) == []
