@@ -33,7 +33,9 @@ DEFAULT_ADDRESS = "127.0.0.1:2020"
 
 
 @dataclass(frozen=True)
-class HttpSettings:
+class ServerSettings:
+    """The agent's own http server (`http:`); the outputs' client settings are `logagent.delivery.HttpSettings`."""
+
     enabled: bool
     host: str  # "" binds every interface
     port: int  # 0 lets the kernel choose (tests); the bound port is logged
@@ -55,7 +57,7 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, port
 
 
-def parse_http_settings(section: Section) -> HttpSettings:
+def parse_server_settings(section: Section) -> ServerSettings:
     """`address: HOST:PORT`, or `address: HOST` plus `port: N` — the second form takes a bare IPv6 literal, which
     is what the DaemonSet gets from the downward API (`status.podIP`) on IPv6 clusters."""
     if section.has("port"):
@@ -72,7 +74,7 @@ def parse_http_settings(section: Section) -> HttpSettings:
         except ValueError:
             raise section.error(f'expected HOST:PORT like "127.0.0.1:2020" or "[::1]:2020", got {address!r}',
                                 "address") from None
-    settings = HttpSettings(
+    settings = ServerSettings(
         enabled=section.bool("enabled", True),
         host=host,
         port=port,
@@ -136,7 +138,7 @@ class HealthServer:
     """aiohttp.web server for the three endpoints; `start` binds (raising ListenError if it cannot), `stop`
     closes."""
 
-    def __init__(self, settings: HttpSettings, health: HealthCheck, readiness: ReadinessCheck,
+    def __init__(self, settings: ServerSettings, health: HealthCheck, readiness: ReadinessCheck,
                  details: ReadinessDetails | None = None) -> None:
         self.settings = settings
         self._health = health

@@ -80,14 +80,14 @@ class Operations:
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
-        from logagent.http import HealthServer, LoopHeartbeat, parse_http_settings
+        from logagent.http import HealthServer, LoopHeartbeat, parse_server_settings
         from logagent.sdnotify import Notifier
 
         s = self.s
         s.notifier = Notifier()
         s.heartbeat = LoopHeartbeat()
         s.heartbeat.start()
-        settings = parse_http_settings(self.p.config.http)
+        settings = parse_server_settings(self.p.config.http)
         s.stall_timeout = settings.stall_timeout
         if settings.enabled:
             server = HealthServer(settings, self.health, self.readiness, self.readiness_details)

@@ -52,11 +52,11 @@ def parse_settings(comp: ComponentConfig) -> Any:
 
 
 def validate(cfg: AgentConfig) -> None:
-    from logagent.http import parse_http_settings
+    from logagent.http import parse_server_settings
 
     for comp in (*cfg.inputs, *cfg.stages, *cfg.outputs):
         parse_settings(comp)
-    parse_http_settings(cfg.http)
+    parse_server_settings(cfg.http)
 
 
 def build(comp: ComponentConfig, ctx: Any) -> Any:

@@ -21,7 +21,7 @@ import yaml
 
 from logagent import privileges, registry
 from logagent.config import ConfigError, load_yaml, parse_config
-from logagent.http import parse_http_settings
+from logagent.http import parse_server_settings
 from tests.ops_support import REPO, Agent, agent_base_url, http_get, wait_http_up
 
 CONF = REPO / "conf"
@@ -252,17 +252,17 @@ def test_every_hostpath_is_used_by_the_production_config_and_every_config_path_i
 
 def test_production_config_parses_with_the_daemonset_and_the_unit_environments(monkeypatch):
     ds = production_config(daemonset_env(pod_ip="10.1.2.3"), monkeypatch)
-    http = parse_http_settings(ds.http)
+    http = parse_server_settings(ds.http)
     assert (http.host, http.port) == ("10.1.2.3", 2020)
     assert ds.state_dir == "/var/lib/logagent"
     # IPv6 clusters: status.podIP is a bare literal, which `address` + `port` takes as it is.
     ds6 = production_config(daemonset_env(pod_ip="fd00:10::7"), monkeypatch)
-    assert (parse_http_settings(ds6.http).host, parse_http_settings(ds6.http).port) == ("fd00:10::7", 2020)
+    assert (parse_server_settings(ds6.http).host, parse_server_settings(ds6.http).port) == ("fd00:10::7", 2020)
     # The unit sets LOGAGENT_STATE_DIR and nothing about http: loopback only.
     monkeypatch.delenv("LOGAGENT_HTTP_HOST")
     unit_env = dict(v.split("=", 1) for v in unit_settings()["Service.Environment"])
     host = production_config(unit_env, monkeypatch)
-    assert (parse_http_settings(host.http).host, parse_http_settings(host.http).port) == ("127.0.0.1", 2020)
+    assert (parse_server_settings(host.http).host, parse_server_settings(host.http).port) == ("127.0.0.1", 2020)
     assert host.state_dir == "/var/lib/" + unit_settings()["Service.StateDirectory"][0]
 
 
@@ -287,7 +287,7 @@ def test_probes_and_scrape_annotations_hit_endpoints_the_agent_serves(tmp_path, 
     c = daemonset_container()
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     cfg = production_config(daemonset_env(pod_ip="127.0.0.1"), monkeypatch)
-    http = parse_http_settings(cfg.http)
+    http = parse_server_settings(cfg.http)
     assert ports[c["livenessProbe"]["httpGet"]["port"]] == http.port
     assert ports[c["readinessProbe"]["httpGet"]["port"]] == http.port
     annotations = one("DaemonSet")["spec"]["template"]["metadata"]["annotations"]

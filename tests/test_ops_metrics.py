@@ -213,9 +213,9 @@ def test_http_address_mistakes_are_rejected(text):
 ])
 def test_http_settings_take_host_and_port_separately_for_downward_api_addresses(data, expected):
     from logagent.config import Section
-    from logagent.http import parse_http_settings
+    from logagent.http import parse_server_settings
 
-    s = parse_http_settings(Section(data, "http", "cfg.yaml"))
+    s = parse_server_settings(Section(data, "http", "cfg.yaml"))
     assert (s.host, s.port) == expected
 
 
@@ -229,8 +229,8 @@ def test_http_settings_take_host_and_port_separately_for_downward_api_addresses(
 ])
 def test_http_settings_mistakes_name_the_key(data, message):
     from logagent.config import ConfigError, Section
-    from logagent.http import parse_http_settings
+    from logagent.http import parse_server_settings
 
     with pytest.raises(ConfigError) as e:
-        parse_http_settings(Section(data, "http", "cfg.yaml"))
+        parse_server_settings(Section(data, "http", "cfg.yaml"))
     assert str(e.value).startswith(message), str(e.value)
