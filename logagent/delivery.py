@@ -26,7 +26,6 @@ import asyncio
 import base64
 import email.utils
 import logging
-import os
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +40,7 @@ from logagent.component import Output
 from logagent.compression import compress as compress  # re-exported for the outputs
 from logagent.config import Section
 from logagent.record import AckToken, Batch, Shape, noop_token, parse_shape
+from logagent.rotating import RotatingSecret, usable_token
 
 log = logging.getLogger("logagent.delivery")
 
@@ -93,52 +93,6 @@ class AuthSettings:
         if self.kind == "api_key":
             return f"ApiKey {token}"
         return None
-
-
-class RotatingSecret:
-    """A token file that rotates (e.g. a projected service-account token): read again when its mtime or size
-    changes, looked at no more than once a second. A new content that is not a usable token is ignored (the last
-    good one stays) and reported without its value."""
-
-    check_interval = 1.0  # seconds between two looks at the file
-
-    def __init__(self, path: str, value: str) -> None:
-        self.path = path
-        self.value = value
-        self._checked = time.monotonic()
-        self._stamp = self._stat()
-
-    def _stat(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size)
-
-    def current(self, force: bool = False) -> str:
-        """The value now; `force` looks at the file at once (after the backend refused the value)."""
-        now = time.monotonic()
-        if not force and now - self._checked < self.check_interval:
-            return self.value
-        self._checked = now
-        stamp = self._stat()
-        if stamp is None or stamp == self._stamp:
-            return self.value
-        self._stamp = stamp
-        try:
-            text = open(self.path, encoding="utf-8").read().strip()
-        except (OSError, UnicodeDecodeError) as e:
-            log.warning("cannot read the rotated token file; keeping the previous token",
-                        extra={"path": self.path, "error": str(e)})
-            return self.value
-        if not _usable_token(text):
-            log.warning("the rotated token file does not hold a single-line token; keeping the previous token",
-                        extra={"path": self.path})
-            return self.value
-        if text != self.value:
-            log.info("token file changed; using the new token", extra={"path": self.path})
-            self.value = text
-        return self.value
 
 
 @dataclass(frozen=True)
@@ -249,13 +203,9 @@ def _header_token(a: Section, key: str) -> str:
     """A token goes into the Authorization header as written. A line break in it (a secret file holding two lines)
     makes aiohttp refuse every request before sending, so it is refused here, naming the key, never the value."""
     token = a.secret(key)
-    if not _usable_token(token):
+    if not usable_token(token):
         raise a.error("must be a single line of printable characters, and not empty", key)
     return str(token)
-
-
-def _usable_token(token: Any) -> bool:
-    return isinstance(token, str) and bool(token) and not any(ord(c) < 0x20 or ord(c) == 0x7F for c in token)
 
 
 def _check_tls_files(t: Section, tls: TlsSettings) -> None:

@@ -82,7 +82,6 @@ from logagent.delivery import (
     FieldTemplate,
     HttpSettings,
     Response,
-    RotatingSecret,
     Verdict,
     compress,
     parse_http_settings,
@@ -92,6 +91,7 @@ from logagent.outputs.proto.sls_logs_pb2 import Log
 from logagent.outputs.protowire import ld as _ld
 from logagent.outputs.protowire import varint as _varint
 from logagent.record import Batch
+from logagent.rotating import RotatingSecret
 from logagent.timefmt import rfc3339_ns
 
 log = logging.getLogger("logagent.output.sls")

@@ -40,6 +40,7 @@ import yaml
 from logagent import metrics
 from logagent.backoff import Backoff
 from logagent.kubernetes.cache import PodCache
+from logagent.rotating import RotatingSecret
 
 log = logging.getLogger("logagent.kubernetes.api")
 
@@ -169,35 +170,22 @@ def kubeconfig_credentials(path: str, context: str | None = None, server: str | 
 
 
 class TokenSource:
-    """The bearer token, re-read from its file when the file changes (kubelet rotates projected tokens by
-    swapping a symlink, so stat() on the path sees a new inode/mtime)."""
+    """The bearer token: given inline, or read from its file and followed when kubelet rotates it
+    (logagent.rotating)."""
 
     def __init__(self, token: str | None, token_file: str | None) -> None:
         self._static = token
-        self._file = token_file
-        self._stamp: tuple[int, int, int] | None = None
-        self._token: str | None = token
+        self._file = RotatingSecret.open(token_file) if token_file is not None else None
 
     def header(self) -> dict[str, str]:
         token = self.current()
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     def current(self, force: bool = False) -> str | None:
+        """`force` after a 401: the token may have rotated under us."""
         if self._file is None:
             return self._static
-        try:
-            st = os.stat(self._file)
-        except OSError as e:
-            log.warning("service-account token unreadable", extra={"path": self._file, "error": e.strerror})
-            return self._token
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if force or stamp != self._stamp:
-            try:
-                self._token = Path(self._file).read_text().strip()
-                self._stamp = stamp
-            except OSError as e:
-                log.warning("service-account token unreadable", extra={"path": self._file, "error": e.strerror})
-        return self._token
+        return self._file.current(force) or None
 
 
 @dataclass(frozen=True)
