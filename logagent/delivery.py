@@ -323,6 +323,13 @@ class Verdict:
 
 
 class Codec(Protocol, Generic[Item]):
+    """A backend's wire format. `parts` splits a batch into keyed requests-to-be: [(key, items, nbytes)] (the key
+    is what must not share a request: an index, a tenant, a logstore); the engine batches items per key, calls
+    `encode` for each request and `interpret` on its answer; `dead_record` turns a refused item back into a record
+    for the dead-letter file."""
+
+    def parts(self, batch: Batch) -> list[tuple[str, list[Item], int]]: ...
+
     def encode(self, key: str, items: list[Item]) -> Encoded: ...
 
     def interpret(self, key: str, items: list[Item], encoded: Encoded, response: Response) -> Verdict: ...
@@ -802,7 +809,7 @@ class DeliveryOutput(Output):
     -> [(key, items, nbytes)]), and the `Delivery` engine ships, retries, dead-letters and acknowledges them.
     A backend's module only builds `self.codec` and `self.delivery` in its `__init__`."""
 
-    codec: Any
+    codec: Codec[Any]
     delivery: Delivery[Any]
 
     async def start(self) -> None:
