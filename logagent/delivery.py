@@ -690,7 +690,10 @@ class Delivery(Generic[Item]):
             self._settle(chunk, n, confirmed=False)
 
     async def _dead_letter(self, key: str, items: list[Any], reason: str) -> None:
-        records = [self.codec.dead_record(key, it) for it in items]
+        try:
+            records = [self.codec.dead_record(key, it) for it in items]
+        except Exception:  # an item the codec cannot read back must not end the lane with its tokens pending
+            records = [_dead_record_or_repr(self.codec, key, it) for it in items]
         await asyncio.to_thread(self.dead_letter.write, self.output, reason, records)
         metrics.ERRORS.labels(component=self.output, kind="rejected").inc()
         if self.on_permanent is not None:
@@ -720,6 +723,14 @@ class Delivery(Generic[Item]):
         self._unacked -= 1
         self._inflight.set(self._unacked)
         self._space.set()
+
+
+def _dead_record_or_repr(codec: Any, key: str, item: Any) -> dict[str, Any]:
+    try:
+        record: dict[str, Any] = codec.dead_record(key, item)
+        return record
+    except Exception as e:
+        return {"undecodable_item": repr(item)[:1 << 16], "error": f"{type(e).__name__}: {e}"}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -206,3 +206,39 @@ def test_kmsg_records_with_absurd_fields_are_shipped_flagged_and_the_decoder_goe
     orjson.dumps(out)  # nothing left that a 64-bit encoder refuses
     out2, _ = d.decode([b"6,4,300,-;still decoding\n"], 1_700_000_000 * 10**9)
     assert [r["message"] for r in out2] == ["still decoding"]
+
+
+async def test_an_item_the_codec_cannot_read_back_is_still_dead_lettered_and_acknowledged(tmp_path) -> None:
+    """A rejected item whose `dead_record` fails (an injected codec fault) is written as its repr: the lane does
+    not end with the batch's token pending."""
+
+    def refuse(meta: dict[str, Any], doc: dict[str, Any], attempt: int) -> tuple[int, str, str] | None:
+        if doc["message"] == "m3":
+            return 400, "mapper_parsing_exception", "failed to parse field [n]"
+        return None
+
+    rec = await BulkReceiver(item_fault=refuse).start()
+    ctx = make_context(tmp_path)
+    out = build_output("elasticsearch", {"url": rec.url, "index": "logs", "batch": {"max_wait": "20ms"}}, ctx)
+    real = out.codec.dead_record
+
+    def broken(key: str, item: Any) -> dict[str, Any]:
+        if b'"m3"' in item:
+            raise ValueError("cannot read it back")
+        return real(key, item)
+
+    out.codec.dead_record = broken
+    acked: list[bool] = []
+    records = [{"message": f"m{i}", "offset": i} for i in range(6)]
+    await out.start()
+    try:
+        await out.send(Batch("app", records, {"input": "in", "source_id": "f1", "pos_key": "offset"},
+                             AckToken(lambda: acked.append(True)), 60))
+        await async_wait_for(lambda: acked == [True], 20, what="the batch acknowledged")
+    finally:
+        await out.stop()
+        await rec.stop()
+    assert sorted(d["message"] for d in rec.docs.values()) == ["m0", "m1", "m2", "m4", "m5"]
+    dead = dead_letters(ctx)
+    assert len(dead) == 1 and dead[0]["reason"].startswith("mapper_parsing_exception")
+    assert '"m3"' in dead[0]["record"]["undecodable_item"] and dead[0]["record"]["error"].startswith("ValueError")
