@@ -41,7 +41,7 @@ from logagent.flow import ByteQueue, ByteWindow
 from logagent.hotreload import Reloader
 from logagent.operations import Operations
 from logagent.record import AckToken, Batch
-from logagent.supervisor import RUNNING, STOPPED, Health, Supervisor
+from logagent.supervisor import RESTARTING, RUNNING, STOPPED, Health, Supervisor
 
 log = logging.getLogger("logagent.pipeline")
 
@@ -278,7 +278,11 @@ class Pipeline:
         ri = self.inputs.pop(name)
         ri.stopping = True
         await ri.input.stop()
-        if ri.task is not None:
+        st = self.health_state.components.get(("input", name))
+        if ri.task is not None and st is not None and st.state == RESTARTING:
+            ri.task.cancel()  # waiting out its backoff: nothing to drain
+            await asyncio.gather(ri.task, return_exceptions=True)
+        elif ri.task is not None:
             loop = asyncio.get_running_loop()
             try:
                 await asyncio.wait_for(ri.task, max(0.1, deadline - loop.time()))

@@ -9,6 +9,7 @@ real agent with a kmsg input whose device is missing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import os
@@ -167,6 +168,19 @@ async def test_a_failing_input_is_restarted_and_readyz_names_it_until_it_runs_ag
     assert restarts and all(r.component == "flaky" for r in restarts)  # type: ignore[attr-defined]
     delays = [r.delay_s for r in restarts]  # type: ignore[attr-defined]
     assert delays == sorted(delays) and delays[0] == 0.5  # backoff grows
+
+
+async def test_shutdown_does_not_wait_out_the_backoff_of_a_restarting_input(tmp_path) -> None:
+    p = _pipeline(tmp_path, [{"type": "flaky", "name": "flaky"}])
+    p.config = p.ctx.config = dataclasses.replace(p.config, grace_period=60.0)
+    await p.start()
+    try:
+        # starts at 0, 0.5, 1.5, 3.5 and 7.5 s, each failing: the next one is 8 s away
+        await async_wait_for(lambda: FlakyInput.starts >= 5, 30, what="five failed starts")
+    finally:
+        p.request_stop()
+        await asyncio.wait_for(p.shutdown(), 5)  # not the 8 s backoff, nor the 60 s grace period
+    assert p.health_state.components[("input", "flaky")].state == "stopped"
 
 
 async def test_a_degraded_input_is_listed_by_readyz_while_its_records_flow(tmp_path) -> None:
