@@ -84,8 +84,14 @@ def test_out_of_range_timestamps_are_clamped_and_flagged_at_parse_time() -> None
                                   '{"log":"y\\n","stream":"stderr","time":"2024-05-14T09:12:03Z"}'], [0, 60])
     assert [(r["message"], r["time_ns"], r.get("flags")) for r in docker] == [
         ("x", NS_MAX, ["time_out_of_range"]), ("y", 1715677923000000000, None)]
+    # a batch of P pieces and F lines (its own fast path) flags them too
+    mixed = CriJoiner().feed(["2024-05-14T09:12:03.5Z stdout P ab", "2024-05-14T09:12:03.6Z stdout F cd", FUTURE,
+                              "2024-05-14T09:12:03.7Z stderr F ok"], [0, 40, 80, 160])
+    assert [(r["message"], r["time_ns"], r.get("flags")) for r in mixed] == [
+        ("abcd", 1715677923500000000, None), ("poison from the year 9999", NS_MAX, ["time_out_of_range"]),
+        ("ok", 1715677923700000000, None)]
     # every clamped value fits the encoders' 64-bit integers
-    orjson.dumps(cri + docker)
+    orjson.dumps(cri + docker + mixed)
 
 
 async def test_year_9999_cri_line_reaches_elasticsearch_flagged_and_every_other_line_arrives(tmp_path) -> None:

@@ -146,6 +146,9 @@ class CriJoiner:
         nanos = _times(stamps)
         if None in nanos:
             return None
+        known = cast(list[int], nanos)
+        if max(known) >= NS_MAX or min(known) <= NS_MIN:
+            return None  # a clamped time: the general path flags it
         records: list[Record | None] = [
             {"message": p[3], "offset": o, "time": t, "time_ns": n, "stream": _STREAM_NAME[p[1]], "fragments": 1,
              "lines": 1}
