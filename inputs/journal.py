@@ -120,7 +120,7 @@ def to_record(entry: dict[str, Any], realtime_us: int, mono_us: int, cursor: str
     return rec
 
 
-class JournalInput(Input):
+class JournalInput(Input[JournalSettings]):
     settings: JournalSettings
 
     @classmethod

@@ -178,7 +178,7 @@ class KmsgSettings:
     boot_id_path: str
 
 
-class KmsgInput(Input):
+class KmsgInput(Input[KmsgSettings]):
     settings: KmsgSettings
 
     @classmethod

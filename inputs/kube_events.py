@@ -100,7 +100,7 @@ def event_record(ev: dict[str, Any], watch_type: str) -> Record:
     return rec
 
 
-class KubeEventsInput(Input):
+class KubeEventsInput(Input[KubeEventsSettings]):
     settings: KubeEventsSettings
 
     @classmethod

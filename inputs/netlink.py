@@ -147,7 +147,7 @@ class NodeNetworkState:
                 **{k: v for k, v in fields.items() if v is not None}}
 
 
-class NetlinkInput(Input):
+class NetlinkInput(Input[NetlinkSettings]):
     settings: NetlinkSettings
 
     @classmethod

@@ -12,7 +12,7 @@ import abc
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from logagent.checkpoint import CheckpointStore
 from logagent.config import AgentConfig, Section
@@ -38,8 +38,11 @@ class Context:
         return self.services[name]
 
 
-class Component(abc.ABC):
-    def __init__(self, name: str, settings: Any, ctx: Context) -> None:
+_S = TypeVar("_S")  # a component's settings dataclass (what `parse_settings` returns)
+
+
+class Component(abc.ABC, Generic[_S]):
+    def __init__(self, name: str, settings: _S, ctx: Context) -> None:
         self.name = name
         self.settings = settings
         self.ctx = ctx
@@ -64,11 +67,11 @@ class Component(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def parse_settings(cls, section: Section) -> Any:
+    def parse_settings(cls, section: Section) -> _S:
         """Validate settings into a frozen dataclass; call `section.done()` to reject unknown keys."""
 
 
-class Input(Component):
+class Input(Component[_S]):
     @classmethod
     def kind(cls) -> str:
         return "input"
@@ -81,7 +84,7 @@ class Input(Component):
         """Stop reading soon; `run` returns after emitting what it already read."""
 
 
-class Stage(Component):
+class Stage(Component[_S]):
     @classmethod
     def kind(cls) -> str:
         return "stage"
@@ -103,7 +106,7 @@ class Stage(Component):
         acknowledged by the pipeline; derived batches (events) carry a no-op token."""
 
 
-class Output(Component):
+class Output(Component[_S]):
     @classmethod
     def kind(cls) -> str:
         return "output"

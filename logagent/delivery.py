@@ -45,6 +45,7 @@ from logagent.rotating import RotatingSecret, usable_token
 log = logging.getLogger("logagent.delivery")
 
 Item = TypeVar("Item")
+_Settings = TypeVar("_Settings")  # an output's settings dataclass
 
 # ---------------------------------------------------------------------------------------------------------------
 # Settings
@@ -815,7 +816,7 @@ def lookup(record: dict[str, Any], path: tuple[str, ...]) -> Any:
     return cur
 
 
-class DeliveryOutput(Output):
+class DeliveryOutput(Output[_Settings]):
     """The output side every HTTP backend shares: a codec turns a batch into keyed parts (`codec.parts(batch)`
     -> [(key, items, nbytes)]), and the `Delivery` engine ships, retries, dead-letters and acknowledges them.
     A backend's module only builds `self.codec` and `self.delivery` in its `__init__`."""

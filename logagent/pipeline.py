@@ -55,7 +55,7 @@ def tag_matches(patterns: Iterable[str], tag: str) -> bool:
 @dataclass
 class _RunningInput:
     comp: ComponentConfig
-    input: Input
+    input: Input[Any]
     task: asyncio.Task[None] | None = None
     stopping: bool = False
 
@@ -63,7 +63,7 @@ class _RunningInput:
 @dataclass
 class _RunningOutput:
     comp: ComponentConfig
-    output: Output
+    output: Output[Any]
     queue: asyncio.Queue[Any]
     unacked: ByteWindow  # batches handed to this output and not yet acknowledged by it
     task: asyncio.Task[None] | None = None
@@ -74,7 +74,7 @@ class _RunningOutput:
 @dataclass
 class _RunningStage:
     comp: ComponentConfig
-    stage: Stage
+    stage: Stage[Any]
     match: tuple[str, ...] = ()
 
 
@@ -225,7 +225,7 @@ class Pipeline:
 
     # -- components -----------------------------------------------------------------------------------------
     def start_input(self, comp: ComponentConfig) -> None:
-        inp: Input = registry.build(comp, self.ctx)
+        inp: Input[Any] = registry.build(comp, self.ctx)
         ri = _RunningInput(comp, inp)
 
         async def restart() -> Callable[[], Awaitable[None]]:
@@ -304,7 +304,7 @@ class Pipeline:
         self.health_state.set("stage", rs.comp.name, STOPPED)
 
     async def start_output(self, comp: ComponentConfig, register: bool = True) -> _RunningOutput:
-        out: Output = registry.build(comp, self.ctx)
+        out: Output[Any] = registry.build(comp, self.ctx)
         await out.start()
         limits = self.config.limits
         ro = _RunningOutput(comp, out, asyncio.Queue(maxsize=limits.output_queue_batches),

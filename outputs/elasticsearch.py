@@ -354,8 +354,7 @@ def _error_text(body: bytes) -> str:
     return body[:300].decode("utf-8", "replace")
 
 
-class ElasticsearchOutput(DeliveryOutput):
-    type_name = "elasticsearch"
+class ElasticsearchOutput(DeliveryOutput[ElasticsearchSettings]):
     settings: ElasticsearchSettings
 
     @classmethod

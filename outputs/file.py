@@ -19,8 +19,7 @@ from logagent.outputs.jsonlines import JsonLinesSettings, encode_batch, parse_co
 from logagent.record import Batch
 
 
-class FileOutput(Output):
-    type_name = "file"
+class FileOutput(Output[JsonLinesSettings]):
     settings: JsonLinesSettings
 
     @classmethod

@@ -401,8 +401,7 @@ def _template_map(section: Section, key: str, default: dict[str, str]) -> tuple[
     return tuple(mapping.items())
 
 
-class LokiOutput(DeliveryOutput):
-    type_name = "loki"
+class LokiOutput(DeliveryOutput[LokiSettings]):
     settings: LokiSettings
 
     @classmethod

@@ -64,8 +64,7 @@ def _as_text(value: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
-class SidecarOutput(StreamOutput):
-    type_name = "sidecar"
+class SidecarOutput(StreamOutput[None]):
 
     @classmethod
     def parse_settings(cls, section: Section) -> None:

@@ -388,8 +388,7 @@ def _payload(item: bytes) -> bytes:
     return item[pos + 1:]
 
 
-class SlsOutput(DeliveryOutput):
-    type_name = "sls"
+class SlsOutput(DeliveryOutput[SlsSettings]):
     settings: SlsSettings
 
     @classmethod

@@ -13,7 +13,7 @@ import asyncio
 import os
 import signal
 import sys
-from typing import Any, BinaryIO
+from typing import BinaryIO, TypeVar
 
 from logagent import metrics
 from logagent.component import Context, Output
@@ -21,11 +21,13 @@ from logagent.config import Section
 from logagent.outputs.jsonlines import JsonLinesSettings, encode_batch, parse_common
 from logagent.record import Batch
 
+_S = TypeVar("_S")  # the settings of the concrete output
 
-class StreamOutput(Output):
+
+class StreamOutput(Output[_S]):
     """Writes `encode(batch)` to a byte stream (stdout by default) and acknowledges after the flush."""
 
-    def __init__(self, name: str, settings: Any, ctx: Context, stream: BinaryIO | None = None) -> None:
+    def __init__(self, name: str, settings: _S, ctx: Context, stream: BinaryIO | None = None) -> None:
         super().__init__(name, settings, ctx)
         self.stream = stream if stream is not None else sys.stdout.buffer
         self.broken: str | None = None  # why the stream cannot be written any more
@@ -63,9 +65,7 @@ class StreamOutput(Output):
         return self.broken is None
 
 
-class StdoutOutput(StreamOutput):
-    type_name = "stdout"
-    settings: JsonLinesSettings
+class StdoutOutput(StreamOutput[JsonLinesSettings]):
 
     @classmethod
     def parse_settings(cls, section: Section) -> JsonLinesSettings:

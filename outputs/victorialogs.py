@@ -38,7 +38,6 @@ _UINT32 = 2**32 - 1
 
 
 class VictoriaLogsOutput(ElasticsearchOutput):
-    type_name = "victorialogs"
 
     @classmethod
     def parse_settings(cls, section: Section) -> ElasticsearchSettings:

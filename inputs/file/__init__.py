@@ -39,7 +39,7 @@ from logagent.inputs.file.watch import DirectoryWatch
 log = logging.getLogger("logagent.input.file")
 
 
-class FileInput(Input):
+class FileInput(Input[FileSettings]):
     settings: FileSettings
 
     @classmethod

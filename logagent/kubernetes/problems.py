@@ -85,7 +85,7 @@ def pod_event_message(rec: Record, container: str) -> str:
     return out + "".join("\n" + x for x in reversed(kept))
 
 
-class NodeProblems(Stage):
+class NodeProblems(Stage[ProblemSettings]):
     settings: ProblemSettings
 
     @classmethod

@@ -88,7 +88,7 @@ class _SharedWatch:
         self.users = 0
 
 
-class KubernetesMetadata(Stage):
+class KubernetesMetadata(Stage[KubernetesSettings]):
     settings: KubernetesSettings
 
     @classmethod

@@ -100,7 +100,7 @@ class JsonBodyJoiner:
         return self.inner.held_from()
 
 
-class JsonBody(Stage):
+class JsonBody(Stage[JsonBodySettings]):
     """The `json` stage: JSON bodies of every batch it matches."""
 
     settings: JsonBodySettings

@@ -67,7 +67,7 @@ class SignatureSettings:
     rules: RuleSet = field(compare=False, repr=False)
 
 
-class SignatureDetector(Stage):
+class SignatureDetector(Stage[SignatureSettings]):
     settings: SignatureSettings
 
     @classmethod
