@@ -28,6 +28,8 @@ import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import repeat
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -45,6 +47,8 @@ from logagent.kubernetes.api import (
 from logagent.kubernetes.cache import PodCache, PodEntry, container_meta, pod_meta
 from logagent.kubernetes.path import PathInfo, PathResolver
 from logagent.record import Batch
+
+_message = itemgetter("message")
 
 log = logging.getLogger("logagent.kubernetes")
 
@@ -296,8 +300,11 @@ class KubernetesMetadata(Stage[KubernetesSettings]):
 
     def _unwrap_sidecar(self, batch: Batch) -> None:
         mark = SIDECAR_MARK
+        records = batch.records
         try:
-            hits = [r for r in batch.records if r["message"].startswith(mark)]
+            # one C-level pass over the batch (no per-record bytecode): most batches hold no envelope at all
+            marked = list(map(str.startswith, map(_message, records), repeat(mark)))
+            hits = [r for r, m in zip(records, marked) if m] if True in marked else []
         except (KeyError, AttributeError, TypeError):
             # a record without a text message (a structured body parsed upstream): the careful way
             hits = [r for r in batch.records if isinstance(r.get("message"), str) and r["message"].startswith(mark)]
