@@ -4,7 +4,7 @@ One command runs `python -m logagent run` as a subprocess for each output, on re
 loopback receiver in another process, and prints one table:
 
     python benchmarks/bench_agent.py [--lines 2000000] [--rounds 1] [--outputs es,es-none,loki,sls,file]
-                                     [--steady 60] [--quick] [--dir DIR] [--py-spy DIR]
+                                     [--steady 60] [--quick] [--dir DIR] [--py-spy DIR] [--set KEY=YAML]
 
 Workload (throughput): N CRI lines (default 2,000,000 ≈ 330 MB, 165 B average, ~1.4 % `P` pieces: the generator
 of `bench_tail.py`) in `/var/log/pods/shop_web-0_<uid>/main/0.log` under a work directory, linked from
@@ -311,7 +311,7 @@ def throughput_run(kind: str, args: argparse.Namespace, work: Path, log: Path, l
     sink = Sink(sink_kind, work) if sink_kind else None
     counter: Any = sink if sink is not None else FileCount(work / "out.jsonl")
     port = free_port()
-    cfg = write_config(work, output_config(kind, sink.url if sink else "", work), port)
+    cfg = write_config(work, {**output_config(kind, sink.url if sink else "", work), **args.output_settings}, port)
     agent = Agent(work, cfg, port)
     spy = None
     try:
@@ -381,7 +381,7 @@ def steady_run(args: argparse.Namespace, work: Path, link: Path) -> dict[str, An
     pool = [m for m in _message_pool(random.Random(2), 2048, False) if m.isascii()]
     sink = Sink("es", work)
     port = free_port()
-    cfg = write_config(work, output_config("es", sink.url, work), port)
+    cfg = write_config(work, {**output_config("es", sink.url, work), **args.output_settings}, port)
     agent = Agent(work, cfg, port)
     target = work / "steady.log"
     target.unlink(missing_ok=True)
@@ -443,12 +443,17 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=900.0)
     ap.add_argument("--py-spy", metavar="DIR", help="record py-spy collapsed stacks of each run into DIR")
     ap.add_argument("--show-doc", action="store_true", help="print the first shipped document of each output")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
+                    help="an output setting for every output, e.g. fields=all or buffer_max_bytes=16MiB (repeatable)")
     ap.add_argument("--sink", help=argparse.SUPPRESS)
     ap.add_argument("--port-file", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.sink:
         run_sink(args.sink, args.port_file)
         return 0
+    import yaml
+
+    args.output_settings = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.set)}
     args.lines = args.lines or (300_000 if args.quick else 2_000_000)
     args.steady = args.steady if args.steady is not None else (15.0 if args.quick else 60.0)
     args.idle = args.idle if args.idle is not None else (2.0 if args.quick else 5.0)
