@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from logagent.parsers.factory import make_joiner
 from tests.auto_support import false_joins, load, names
-from tests.parsers_support import run_chunks
+from tests.parsers_support import case_path, expected, run_chunks
 from tests.parsers_support import settings as parser_settings
 
 CASES = names()
@@ -108,3 +108,58 @@ def test_shipped_kubernetes_config_groups_container_logs_with_auto() -> None:
     joiner = make_joiner(parser_settings(format=inputs["containers"]["format"], multiline="auto"), "x.log")
     corpus = load("mixed")
     assert per_stream(run_chunks(joiner, corpus.cri())) == corpus.expected()
+
+
+# -- the language modes' test data (tests/data/containers*, written by others to the per-language rules) -----------
+
+AGREEING = ["containers/multiline_go_panic", "containers/multiline_java", "containers/multiline_python",
+            "containers_variants/multiline_go_fatal", "containers_variants/multiline_go_httppanic",
+            "containers_variants/multiline_java_log4j"]
+
+
+def auto_on_case(case: str) -> dict[str, list[list[str]]]:
+    joiner = make_joiner(parser_settings(format="auto", multiline="auto"), "x.log")
+    return per_stream(run_chunks(joiner, case_path(case).read_bytes()))
+
+
+def expected_case(case: str) -> dict[str, list[list[str]]]:
+    return per_stream(expected(case))
+
+
+@pytest.mark.parametrize("case", AGREEING)
+def test_auto_gives_the_language_modes_records_on_their_test_files(case: str) -> None:
+    assert auto_on_case(case) == expected_case(case)
+
+
+def _split_off(records: list[list[str]], line: str) -> list[list[str]]:
+    """The records with `line` taken out of the record it ends, as a record of its own right after it."""
+    out = []
+    for rec in records:
+        if len(rec) > 1 and rec[-1] == line:
+            out += [rec[:-1], [line]]
+        else:
+            out.append(rec)
+    return out
+
+
+def _join_next(records: list[list[str]], first: str) -> list[list[str]]:
+    """The record starting with `first` joined with the record after it."""
+    i = next(i for i, r in enumerate(records) if r[0] == first)
+    return records[:i] + [records[i] + records[i + 1]] + records[i + 2:]
+
+
+def test_auto_differs_from_the_language_modes_only_where_they_join_ordinary_lines() -> None:
+    """Where `java` / `python` (every untimestamped line continues; a Traceback right after a header line is a
+    new group) group differently, auto keeps ordinary lines apart and keeps a report's own header with it."""
+    want = expected_case("containers_variants/multiline_java_suppressed")
+    want["stdout"] = _split_off(_split_off(want["stdout"], "debug: warmup cache size=0"),
+                                "\tat this.line.only.looks.like.a.frame(Stdout.java:1)")
+    assert auto_on_case("containers_variants/multiline_java_suppressed") == want
+    want = expected_case("containers_variants/multiline_python_gunicorn")
+    want["stderr"] = _join_next(want["stderr"], "Exception ignored in: <function Connection.__del__ at 0x7f3a2c1d5e40>")
+    assert auto_on_case("containers_variants/multiline_python_gunicorn") == want
+    # asyncio's "Task exception was never retrieved" / "future: <Task ... exception=...>" / traceback: the future
+    # line (python: a line of its own) goes with the traceback it introduces
+    want = expected_case("containers_variants/multiline_python_asyncio")
+    want["stderr"] = _join_next(want["stderr"], next(r[0] for r in want["stderr"] if r[0].startswith("future: <Task")))
+    assert auto_on_case("containers_variants/multiline_python_asyncio") == want

@@ -10,7 +10,8 @@ apart). It is a `step` like the language modes, with phases in `state.mode`:
   `fatal error:`, `goroutine N [...]:`, Node's `file.js:42` uncaught-exception banner, `PHP Fatal error:`, Ruby's
   `file.rb:3:in 'm': message (NoMethodError)`, Dart's `Unhandled exception:`, .NET's `Unhandled exception.` and
   `fail:`/`crit:` console headers. An error-level log line (a header) may begin one too: it joins the trace that
-  follows it directly (blank lines between allowed, as Spring prints one).
+  follows it directly (blank lines between allowed, as Spring prints one); `WARN`/`WARNING` lines count, since
+  retries are often logged with their exception.
 - A group is only kept when the runtime's own continuation shape follows (`\tat ...(File.java:1)`, indented Python
   frames, `\t/app/main.go:9 +0x2d`, `#0 ...` frames, ...). Lines that could belong (a header, a blank line, an
   exception line) wait as HOLD: if no continuation comes they are emitted as the records they were.
@@ -37,8 +38,8 @@ except ImportError:  # pragma: no cover - a declared dependency; the regex gives
 
 # Every line that can begin a group contains one of these (case-sensitive): checked per batch before anything else.
 KEYWORDS = (
-    "rror", "RROR", "xception", "XCEPTION", "Traceback", "panic", "goroutine ", "SIG", "FATAL", "Fatal", "fatal",
-    "SEVERE", "CRIT", "crit: ", "fail: ", "[ERR]", "[FTL]", ".js:", ".mjs:", ".cjs:", ".ts:", "node:", " AM ", " PM ",
+    "rror", "RROR", "WARN", "xception", "XCEPTION", "Traceback", "panic", "goroutine ", "SIG", "FATAL", "Fatal",
+    "fatal", "SEVERE", "CRIT", "crit: ", "fail: ", "[ERR]", "[FTL]", ".js:", ".mjs:", ".cjs:", ".ts:", "node:", " AM ", " PM ",
 )
 _KEYWORD = re.compile("|".join(map(re.escape, KEYWORDS)))
 _AUTOMATON = ahocorasick_rs.BytesAhoCorasick([k.encode() for k in KEYWORDS]) if ahocorasick_rs is not None else None
@@ -200,8 +201,8 @@ def _frames(b: str, st: StreamState) -> int | None:
     if _CHAINED.match(b):
         st.mode = "exc"
         return CONT
-    if st.mode == "exc":
-        return None
+    if st.mode == "exc":  # an exception line not yet followed by a frame: only a blank line may come between
+        return HOLD if _blank(b) and len(st.held) < MAX_HELD else None
     if b[:1] == "\t":  # Kotlin's "\t(Coroutine boundary)", nested suppressed traces
         return CONT
     if _NODE_FOOTER.match(b):

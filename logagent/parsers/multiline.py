@@ -134,9 +134,12 @@ class MultilineJoiner:
             rec = records[i]
             hit = i in hit_set
             st = streams.get(rec.get("stream"))
-            if hit or (st is not None and st.group is not None):
+            was_open = st is not None and st.group is not None
+            if hit or was_open:
                 step_all([rec], now, out, hit)
-                any_open = not all(st.group is None for st in streams.values())
+                st = streams.get(rec.get("stream"))
+                if st is None or (st.group is not None) != was_open:  # only this record's stream changed
+                    any_open = not all(st.group is None for st in streams.values())
             else:
                 _shape([rec])
                 out.append(rec)
