@@ -326,12 +326,14 @@ def es_agent_config(work: Path, url: str, paths: list[str], fmt: str = "auto", *
 class AgentProcess:
     """The real agent as a subprocess; `kill9()` and `restart()` for crash tests."""
 
-    def __init__(self, work: Path, doc: dict[str, Any], user: int | None = None) -> None:
+    def __init__(self, work: Path, doc: dict[str, Any], inotify_instances: int | None = None) -> None:
         self.work = work
         self.cfg = work / "agent.yaml"
         self.cfg.write_text(yaml.safe_dump(doc))
         self.log_path = work / "agent.log"
-        self.user = user
+        # run in a user namespace of its own whose inotify instance limit is this (the global sysctl and every
+        # other process's budget are left alone)
+        self.inotify_instances = inotify_instances
         self.proc: subprocess.Popen[bytes] | None = None
         self.kills = 0
         self.starts = 0
@@ -339,11 +341,11 @@ class AgentProcess:
 
     def start(self) -> AgentProcess:
         log = open(self.log_path, "ab")
-        extra: dict[str, Any] = {}
-        if self.user is not None:
-            extra = {"user": self.user, "group": self.user, "extra_groups": []}
-        self.proc = subprocess.Popen([sys.executable, "-m", "logagent", "run", "-c", str(self.cfg)], stdout=log,
-                                     stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"}, **extra)
+        cmd = [sys.executable, "-m", "logagent", "run", "-c", str(self.cfg)]
+        if self.inotify_instances is not None:
+            cmd = ["unshare", "--user", "--map-root-user", "sh", "-c",
+                   'echo "$0" > /proc/sys/user/max_inotify_instances && exec "$@"', str(self.inotify_instances), *cmd]
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         log.close()
         self.starts += 1
         return self

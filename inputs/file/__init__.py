@@ -51,15 +51,20 @@ class FileInput(Input[FileSettings]):
         self.tracker = ctx.checkpoints.tracker(name)
         self.ready = asyncio.Event()  # set once existing files are followed and the directory watches are on
         self.degraded: str | None = None  # why the input runs degraded (inotify unavailable), once it does
+        self._build()
+        self._stopping = False
+
+    def _build(self) -> None:
+        """The parts of one run (a supervisor restarting the input after a failure gets fresh ones)."""
+        settings, name = self.settings, self.name
         self.watch = DirectoryWatch(self._on_changes, self._on_degraded)
         self.files = Tails(name, self.watch, _max_open(settings.max_open_files), self._forced_close)
-        self.opener = Opener(name, settings, self.tracker, ctx.services)
+        self.opener = Opener(name, settings, self.tracker, self.ctx.services)
         self.rotation = Rotation(name, self.files, self.opener, self.tracker)
         self.follower = Follower(FileGlobs(settings.paths, settings.exclude), self.files, self.opener,
                                  self.rotation, self.watch, settings.poll_interval)
-        self.reader = Reader(name, settings.tag or name, settings, ctx.config.limits, self.files, self.tracker,
+        self.reader = Reader(name, settings.tag or name, settings, self.ctx.config.limits, self.files, self.tracker,
                              self.opener, self.rotation)
-        self._stopping = False
 
     # what tests and `logagent status`-like callers look at
     @property
@@ -77,6 +82,8 @@ class FileInput(Input[FileSettings]):
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def run(self, emit: Emit) -> None:
         loop = asyncio.get_running_loop()
+        if self.follower.polls or self.files.tails or self.ready.is_set():
+            self._build()  # run again after a failure: start from the stored positions, as after a restart
         self.watch.start(loop)
         follower: asyncio.Task[None] | None = None
         try:
@@ -124,6 +131,7 @@ class FileInput(Input[FileSettings]):
     def _on_degraded(self, reason: str) -> None:
         self.degraded = f"inotify unavailable, polling every {self.follower_interval():g}s: {reason}"
         metrics.INPUT_DEGRADED.labels(input=self.name, reason="inotify").set(1)
+        self.report_degraded(self.degraded)
 
     def follower_interval(self) -> float:
         return self.settings.poll_interval / 4
