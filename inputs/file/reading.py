@@ -37,6 +37,8 @@ from logagent.record import Batch
 
 log = logging.getLogger("logagent.input.file")
 
+_LINGER = 0.1  # seconds between a wake-up from idle and the read round it triggers
+
 
 class Reader:
     def __init__(self, name: str, tag: str, settings: FileSettings, limits: Limits, tails: Tails,
@@ -76,6 +78,9 @@ class Reader:
                 timeout = max(0.0, min(self._next_flush_due(now), self._next_housekeeping - time.monotonic()))
                 try:
                     await asyncio.wait_for(tails.wake.wait(), timeout)
+                    # woken from idle by a write: let the writes of the next moments gather, so a busy node's
+                    # many files are read in rounds of several lines each, not one batch per line
+                    await asyncio.sleep(_LINGER)
                 except asyncio.TimeoutError:
                     pass
                 tails.wake.clear()
