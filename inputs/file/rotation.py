@@ -218,7 +218,9 @@ class Rotation:
                     moment = min(moment, info.st_mtime)
                     break
             since[st.path] = min(since.get(st.path, moment), moment)
-        known = {st.key for st in stored_all} | set(self.tails.tails)
+        # only what `restore` opened counts as known: a stored key whose file was not found may name a deleted file
+        # whose inode number a newer file reuses (ext4 does): that file is unknown, whatever its number
+        known = set(self.tails.tails)
         for name, moment in since.items():
             directory, base = os.path.split(os.path.realpath(name))
             try:
