@@ -39,7 +39,8 @@ except ImportError:  # pragma: no cover - a declared dependency; the regex gives
 # Every line that can begin a group contains one of these (case-sensitive): checked per batch before anything else.
 KEYWORDS = (
     "rror", "RROR", "WARN", "xception", "XCEPTION", "Traceback", "panic", "goroutine ", "SIG", "FATAL", "Fatal",
-    "fatal", "SEVERE", "CRIT", "crit: ", "fail: ", "[ERR]", "[FTL]", ".js:", ".mjs:", ".cjs:", ".ts:", "node:", " AM ", " PM ",
+    "fatal", "SEVERE", "CRIT", "crit: ", "fail: ", "[ERR]", "[FTL]", ".js:", ".mjs:", ".cjs:", ".ts:", "node:",
+    " AM ", " PM ",
 )
 _KEYWORD = re.compile("|".join(map(re.escape, KEYWORDS)))
 _AUTOMATON = ahocorasick_rs.BytesAhoCorasick([k.encode() for k in KEYWORDS]) if ahocorasick_rs is not None else None
