@@ -26,6 +26,7 @@ import asyncio
 import base64
 import email.utils
 import logging
+import re
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ from logagent.compression import compress as compress  # re-exported for the out
 from logagent.config import Section
 from logagent.record import AckToken, Batch, Shape, noop_token, parse_shape
 from logagent.rotating import RotatingSecret, usable_token
+from logagent.redact import mask
 
 log = logging.getLogger("logagent.delivery")
 
@@ -95,6 +97,15 @@ class AuthSettings:
             return f"ApiKey {token}"
         return None
 
+    def secret_values(self) -> list[str]:
+        """What this auth sends that must never be shown: masked in error text (`logagent.redact`)."""
+        token = self.token_file.current() if self.token_file is not None else self.token
+        header = self.header()
+        values = [v for v in (self.password, token, header) if v]
+        if header and " " in header:
+            values.append(header.split(" ", 1)[1])  # the encoded credential without its scheme
+        return values
+
 
 @dataclass(frozen=True)
 class HttpSettings:
@@ -112,6 +123,8 @@ class HttpSettings:
 
 
 COMPRESSIONS = ("none", "gzip", "snappy", "lz4")
+# extra `headers` whose values are credentials: masked in error text like the auth settings' values
+_SENSITIVE_HEADER = re.compile(r"(?i)auth|token|key|secret|sign|cookie|pass")
 
 
 def parse_http_settings(
@@ -579,7 +592,7 @@ class Delivery(Generic[Item]):
                     else:
                         queue.extend(self._halves(current))
                     continue
-                verdict = await self._attempt(current, encoded)
+                verdict = self._masked(await self._attempt(current, encoded))
                 if verdict.kind == SPLIT:
                     if len(current.items) == 1:
                         await self._reject_all(current, verdict.reason or "request_too_large")
@@ -602,6 +615,21 @@ class Delivery(Generic[Item]):
                     attempt = 0
         finally:
             lane.slots.release()
+
+    def _masked(self, v: Verdict) -> Verdict:
+        """Reasons are logged and written with dead-lettered records: the credentials this output sends are masked
+        in them wherever a backend or proxy echoed them (the codecs mask credential-shaped text already)."""
+        if v.kind == OK:
+            return v
+        secrets = self.settings.auth.secret_values()
+        secrets += [value for name, value in self.settings.headers if _SENSITIVE_HEADER.search(name)]
+        if not secrets:
+            return v
+        v.reason = mask(v.reason, secrets)
+        if v.reject:
+            done: dict[str, str] = {}
+            v.reject = [(i, done[r] if r in done else done.setdefault(r, mask(r, secrets))) for i, r in v.reject]
+        return v
 
     async def _encode(self, req: _Request) -> Encoded:
         """Encode (and compress) off the event loop for big requests: a multi-MB gzip would stall every other
@@ -738,12 +766,19 @@ def _dead_record_or_repr(codec: Any, key: str, item: Any) -> dict[str, Any]:
 # Field templates shared by ES index names and Loki labels
 
 
+# strftime codes whose value changes at most once an hour: a rendered date needs only the record's hour
+_HOURLY_CODES = frozenset("YmdHyjbBhaAuwUWVGgCeIp%")
+
+
 class FieldTemplate:
     """`{dotted.path}` placeholders filled from a record (`{kubernetes.labels.app}`), `{path|default}` for a
     fallback when the field is missing or empty, plus strftime codes (`%Y.%m.%d`) from the record's time (UTC)
-    when `dates` is on. Literal text stays as written; `{{` and `}}` are literal braces."""
+    when `dates` is on. Literal text stays as written; `{{` and `}}` are literal braces.
 
-    __slots__ = ("text", "parts", "fields", "has_date", "dates")
+    A rendering depends on nothing but `values(record)` and, with dates, the record's time to `date_granularity`
+    seconds: a cache of renderings must be keyed by exactly those, so that no record decides another's route."""
+
+    __slots__ = ("text", "parts", "fields", "has_date", "dates", "date_granularity")
 
     def __init__(self, text: str, dates: bool = False) -> None:
         self.text = text
@@ -777,6 +812,8 @@ class FieldTemplate:
             self.parts.append(("lit", "".join(lit)))
         self.fields = [p[1][0] for p in self.parts if p[0] == "field"]
         self.has_date = dates and "%" in text
+        codes = {text[i + 1] for i in range(len(text) - 1) if text[i] == "%"}
+        self.date_granularity = 3600 if codes <= _HOURLY_CODES else 1
 
     @property
     def constant(self) -> bool:
@@ -786,10 +823,13 @@ class FieldTemplate:
         return {f[0] for f in self.fields}
 
     def render(self, record: dict[str, Any], time_ns: int | None = None) -> str:
+        return self.render_values(self.values(record), time_ns)
+
+    def values(self, record: dict[str, Any]) -> tuple[str, ...]:
+        """The text each placeholder takes for this record (its fallback when the field is missing or empty)."""
         out = []
         for kind, val in self.parts:
             if kind == "lit":
-                out.append(val)
                 continue
             path, default = val
             cur: Any = record
@@ -800,6 +840,13 @@ class FieldTemplate:
                     cur = None
                     break
             out.append(default if cur is None or cur == "" else str(cur))
+        return tuple(out)
+
+    def render_values(self, values: tuple[str, ...], time_ns: int | None = None) -> str:
+        out = []
+        it = iter(values)
+        for kind, val in self.parts:
+            out.append(val if kind == "lit" else next(it))
         text = "".join(out)
         if self.has_date:
             t = time.gmtime((time_ns if time_ns is not None else time.time_ns()) // 1_000_000_000)

@@ -2,7 +2,9 @@
 
 A `Batch` is the unit that moves through the pipeline: a list of record dicts plus the fields they share
 (`meta`: input name, file path, Kubernetes metadata, source identity). Records hold only what differs per line.
-The full form of a record is `{**batch.meta, **record}` (internal keys left out); `Batch.shipped()` builds it.
+The full form of a record is the batch's fields plus the record's own (internal keys left out); on a clash the
+record's value wins, except for identity fields (input, path, kubernetes...: where the agent read the bytes,
+`logagent.identity`), where the batch's does. `Batch.shipped()` builds it.
 What an output actually ships is decided by its `Shape` (the `fields` setting): `lean` (the default of the backend
 outputs) leaves out the fields the agent keeps for its own bookkeeping (`BOOKKEEPING`: positions, parser counts,
 the input name and file path) and adds `host`; `all` ships everything; a list ships lean plus the fields named.
@@ -28,6 +30,8 @@ import xxhash
 
 if TYPE_CHECKING:
     from logagent.config import Section
+
+from logagent.identity import IDENTITY_KEYS
 
 Record = dict[str, Any]
 
@@ -119,14 +123,21 @@ class Batch:
         return meta
 
     def shipped(self) -> Iterator[Record]:
-        """Records as outputs ship them: shared fields merged under each record's own (internal keys left out)."""
+        """Records as outputs ship them: the shared fields and each record's own, the record's winning a clash except
+        on identity fields (internal keys left out). One length comparison per record tells whether there was one."""
         meta = self.shipped_meta()
         if not meta:
             yield from self.records
             return
+        size = len(meta)
+        own = identity_of(meta)
         for rec in self.records:
             out = dict(meta)
             out.update(rec)
+            if own and len(out) != size + len(rec):
+                # The record shares a key with the batch: for identity fields (input, path, kubernetes...) the
+                # batch's value is what the agent knows from where it read the bytes, so it wins (`logagent.identity`)
+                out.update(own)
             yield out
 
 
@@ -139,7 +150,7 @@ class Shape:
     """Which fields an output ships: `lean`, `all`, or lean plus the named fields (the `fields` setting).
 
     `drop` is the set of keys left out of records and batch meta; `host` is added to the shared fields of a lean
-    shape (a record's own `host` wins)."""
+    shape (an identity field: a record's own `host` never wins, `logagent.identity`)."""
 
     __slots__ = ("drop", "host", "lean")
 
@@ -174,11 +185,17 @@ class Shape:
         return {k: v for k, v in rec.items() if k not in drop}
 
     def shipped(self, batch: Batch) -> Iterator[Record]:
-        """Records merged with their shared fields (a record's own field wins), as this shape ships them."""
+        """Records merged with their shared fields (a record's own field wins, except on identity fields), as this
+        shape ships them."""
         meta = self.meta(batch)
+        own = identity_of(meta)
+        size = len(meta)
         for rec in batch.records:
             out = dict(meta)
-            out.update(self.record(rec))
+            mine = self.record(rec)
+            out.update(mine)
+            if own and len(out) != size + len(mine):
+                out.update(own)  # record content never overrides identity (`logagent.identity`)
             yield out
 
 
@@ -206,6 +223,11 @@ def position_id(source: Any, pos: Any) -> str:
     if isinstance(pos, int) and not isinstance(pos, bool) and pos >= 0:
         return f"{_source_text(source)}:{pos:x}"
     return xxhash.xxh3_128_hexdigest(f"{source}|{pos}".encode("utf-8", "surrogatepass"))
+
+
+def identity_of(meta: dict[str, Any]) -> dict[str, Any]:
+    """The batch fields no record may override in what is shipped."""
+    return {k: v for k, v in meta.items() if k in IDENTITY_KEYS}
 
 
 def doc_id(meta: dict[str, Any], record: Record) -> str | None:

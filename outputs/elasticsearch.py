@@ -64,11 +64,11 @@ from logagent.delivery import (
     Response,
     Verdict,
     compress,
-    lookup,
     parse_http_settings,
     retry_after_seconds,
 )
-from logagent.record import Batch, _source_text, doc_id
+from logagent.record import Batch, _source_text, doc_id, identity_of
+from logagent.redact import excerpt
 from logagent.timefmt import rfc3339_ns
 
 # The records of the CRI parser's common path: exactly these keys (offset, time_ns, fragments and lines are
@@ -158,6 +158,10 @@ class BulkCodec:
             if idx is None:
                 idx = cache[None] = orjson.dumps(index_name(tmpl.text))
             return idx
+        # keyed by exactly what the rendering depends on: the placeholders' values and the UTC time to the
+        # template's date granularity (the text's hour only for UTC times and hourly templates)
+        if tkey is not None and tmpl.has_date and (tmpl.date_granularity != 3600 or ts[-1:] not in ("Z", "z")):
+            tkey = str(rfc3339_ns(ts) // (tmpl.date_granularity * 1_000_000_000))
         ck = (meta_key, tkey) if tkey is not None else None
         idx = cache.get(ck) if ck is not None else None
         if idx is None:
@@ -169,13 +173,15 @@ class BulkCodec:
         return idx
 
     def _meta_key(self, meta: dict[str, Any]) -> tuple[str, ...] | None:
-        """The template's fields from batch meta, or None when the template reads a record's own fields."""
+        """The template's values from the batch's identity fields (no record can override those, `logagent.identity`),
+        or None when the template reads fields a record may set: then each record's own values key the memo."""
         tmpl = self.template
         if not tmpl.fields:
             return ()
-        if not tmpl.top_keys() <= set(meta):
+        own = identity_of(meta)
+        if not tmpl.top_keys() <= own.keys():
             return None
-        return tuple(str(lookup(meta, f)) for f in tmpl.fields)
+        return tmpl.values(own)
 
     def _uniform_items(self, batch: Batch) -> list[bytes] | None:
         """The common batch, encoded with one `dumps` of a 3-key dict per record: lean shape, every record with
@@ -197,6 +203,8 @@ class BulkCodec:
         times = [c[2] for c in cols]
         if set(map(type, times)) != _STR:
             return None
+        if self.template.has_date and (self.template.date_granularity != 3600 or {t[-1:] for t in times} != {"Z"}):
+            return None  # one index per hour of text holds only for UTC times and hourly templates
         meta_key = self._meta_key(meta)
         if meta_key is None:
             return None
@@ -239,10 +247,14 @@ class BulkCodec:
         ids = self.settings.document_ids
         meta_key = self._meta_key(meta)
         shipped_meta = shape.meta(batch)
+        own = identity_of(meta)
+        own_shipped = identity_of(shipped_meta)
         out: list[bytes] = []
         for rec in batch.records:
             doc = dict(shipped_meta)
             doc.update(shape.record(rec))
+            if own_shipped and len(doc) != len(shipped_meta) + len(rec):
+                doc.update(own_shipped)  # a record never overrides identity (`logagent.identity`)
             t = rec.get("time", meta.get("time"))
             if isinstance(t, str):
                 ts: Any = t
@@ -253,8 +265,11 @@ class BulkCodec:
             if shape.lean:
                 doc.pop("time", None)  # lean: `@timestamp` is the time
             doc["@timestamp"] = ts
-            idx = self._index(ts[:13] if meta_key is not None else None, meta_key or (),
-                              lambda: {**meta, **rec, "@timestamp": ts}, ts)
+            if meta_key is not None:
+                idx = self._index(ts[:13], meta_key, lambda: {**meta, **rec, **own, "@timestamp": ts}, ts)
+            else:
+                merged = {**meta, **rec, **own, "@timestamp": ts}
+                idx = self._index(ts[:13], self.template.values(merged), lambda: merged, ts)
             did = doc_id(meta, rec) if ids else None
             if did is not None:
                 action = b'{"create":{"_index":' + idx + b',"_id":' + dumps(did) + b"}}\n"
@@ -319,9 +334,9 @@ class BulkCodec:
         be a proxy's glitch), each logged as an error, then dead-lettered: bounded, visible, the lane moves on."""
         _, seen = self._unreadable.get(id(items), (items, 0))
         seen += 1
-        excerpt = r.body[:200].decode("utf-8", "replace")
+        text = excerpt(r.body, 200)  # a proxy's page may echo the request's headers: credentials masked
         reason = (f"unreadable_response: HTTP {r.status} with a body that is not a bulk response "
-                  f"({why or f'{len(r.body)} bytes: {excerpt!r}'})")
+                  f"({why or f'{len(r.body)} bytes: {text!r}'})")
         log.error("the bulk endpoint answered with something that is not a bulk response", extra={
             "output": self.name, "status": r.status, "attempt": seen, "of": UNREADABLE_ATTEMPTS, "reason": reason,
             "url": self.url})
@@ -342,16 +357,18 @@ class BulkCodec:
 
 
 def _error_text(body: bytes) -> str:
+    """ES's `error.type: error.reason`, or the body itself: a short excerpt, credential-shaped text masked (a proxy
+    in front of ES may echo the request's headers)."""
     try:
         doc = orjson.loads(body)
         err = doc.get("error")
         if isinstance(err, dict):
-            return f"{err.get('type')}: {err.get('reason')}"
+            return excerpt(f"{err.get('type')}: {err.get('reason')}")
         if err is not None:
-            return str(err)[:300]
+            return excerpt(str(err))
     except (orjson.JSONDecodeError, AttributeError):
         pass
-    return body[:300].decode("utf-8", "replace")
+    return excerpt(body)
 
 
 class ElasticsearchOutput(DeliveryOutput[ElasticsearchSettings]):

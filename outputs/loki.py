@@ -90,6 +90,7 @@ from logagent.delivery import (
 from logagent.outputs.loki_answers import refused
 from logagent.outputs.proto.logproto_pb2 import PushRequest
 from logagent.record import Batch
+from logagent.redact import excerpt, mask
 from logagent.timefmt import rfc3339_ns
 
 PUSH_PATH = "/loki/api/v1/push"
@@ -357,9 +358,10 @@ class LokiPush:
         return Encoded(payload, headers, self.url)
 
     def interpret(self, key: str, items: list[Item], encoded: Encoded, r: Response) -> Verdict:
-        text = r.body[:2000].decode("utf-8", "replace").strip()
         if r.status < 300:
             return Verdict(OK)
+        # reasons carry an excerpt with credential-shaped text masked (a proxy may echo the request's headers)
+        text = excerpt(r.body, 500)
         if r.status == 429 or r.status >= 500:
             return Verdict(RETRY, reason=f"HTTP {r.status}: {text[:300]}",
                            retry_after=retry_after_seconds(r.headers.get("Retry-After")))
@@ -370,9 +372,9 @@ class LokiPush:
             rejected, retry, causes = refused(items, full)
             if not causes or (not rejected and not retry):
                 # Nothing in the answer names an entry we sent: what was written is unknown.
-                return Verdict(REJECT, reason=f"loki_400: {full}"[:MAX_REASON])
+                return Verdict(REJECT, reason=f"loki_400: {excerpt(full, MAX_REASON)}")
             return Verdict(ITEMS, reason=f"loki_400: {len(rejected)} entries refused",
-                           reject=[(i, f"loki_400: {why}"[:MAX_REASON]) for i, why in rejected], retry=retry)
+                           reject=[(i, f"loki_400: {mask(why)}"[:MAX_REASON]) for i, why in rejected], retry=retry)
         return Verdict(REJECT, reason=f"http_{r.status}: {text[:300]}")
 
     def dead_record(self, key: str, item: Item) -> dict[str, Any]:

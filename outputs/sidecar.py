@@ -3,7 +3,7 @@
 A sidecar container tails files on a volume it shares with the application and writes them to its stdout; the
 container runtime stores that stdout as a CRI log on the node, where the node agent reads it. The envelope lets the
 node agent's `kubernetes` stage give each record back its own file name, offset and fields instead of treating the
-envelope as text (see `logagent.kubernetes.stage`, `SIDECAR_MARK`):
+envelope as text (see `logagent.kubernetes.envelope`: only containers declared as sidecars are unwrapped):
 
     {"logagent.sidecar":1,"file":"/var/log/app/app.log","offset":1234,"message":"...","fields":{...}}
 

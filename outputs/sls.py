@@ -90,7 +90,8 @@ from logagent.delivery import (
 from logagent.outputs.proto.sls_logs_pb2 import Log
 from logagent.outputs.protowire import ld as _ld
 from logagent.outputs.protowire import varint as _varint
-from logagent.record import Batch
+from logagent.record import Batch, identity_of
+from logagent.redact import excerpt
 from logagent.rotating import RotatingSecret
 from logagent.timefmt import rfc3339_ns
 
@@ -227,6 +228,7 @@ class SlsPutLogs:
         meta = batch.meta
         drop = self.drop
         shared = contents({k: v for k, v in meta.items() if k not in drop})
+        ident = {k: v for k, v in identity_of(meta).items() if k not in drop}
         topic_per_batch = self.topic is None or self.topic.top_keys() <= set(meta)
         batch_topic = (self.topic.render(meta) if self.topic else "") if topic_per_batch else None
         if batch_topic is not None:
@@ -241,17 +243,18 @@ class SlsPutLogs:
             ts = tns if type(tns) is int else rfc3339_ns(rec.get("time"), now)
             secs, nanos = divmod(ts, 1_000_000_000)
             own = rec if drop.isdisjoint(rec) else {k: v for k, v in rec.items() if k not in drop}
-            # A record field overrides the batch field of the same name (as in `Batch.shipped`).
+            # On a clash the record's field wins, except on identity fields (as in `Batch.shipped`: record content
+            # never sets identity)
             if meta.keys().isdisjoint(own):
                 body = shared + contents(own)
             else:
-                body = contents({k: v for k, v in {**meta, **own}.items() if k not in drop})
+                body = contents({k: v for k, v in {**meta, **own, **ident}.items() if k not in drop})
             log = _ld(0x0A, b"\x08" + _varint(secs) + body + b"\x25" + struct.pack("<I", nanos))
             if batch_topic is not None:
                 topic = batch_topic
             else:
                 assert self.topic is not None
-                topic = self.topic.render({**meta, **rec})
+                topic = self.topic.render({**meta, **rec, **own})
             items = by_topic.get(topic)
             if items is None:
                 items = by_topic[topic] = []
@@ -359,11 +362,12 @@ class SlsPutLogs:
 
 
 def _error(body: bytes) -> tuple[str, str]:
+    """(errorCode, errorMessage): the message as a short excerpt, credential-shaped text masked."""
     try:
         doc = orjson.loads(body)
-        return str(doc.get("errorCode", "")), str(doc.get("errorMessage", ""))
+        return excerpt(str(doc.get("errorCode", "")), 100), excerpt(str(doc.get("errorMessage", "")), 400)
     except (orjson.JSONDecodeError, AttributeError):
-        return "", body[:300].decode("utf-8", "replace")
+        return "", excerpt(body)
 
 
 def _skew(server_date: str | None) -> float | None:

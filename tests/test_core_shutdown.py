@@ -17,7 +17,8 @@ OOM_REPORT = (
 async def test_an_open_kernel_report_is_shipped_at_shutdown(tmp_path: Path) -> None:
     (tmp_path / "kern.log").write_text(OOM_REPORT)
     doc = agent_config(tmp_path, [str(tmp_path / "*.log")], tag="kernel")
-    doc["pipeline"] = [{"type": "signatures", "match": ["kernel"]}]
+    # a file is not the kernel: its records count as injected, reported here (never a node condition)
+    doc["pipeline"] = [{"type": "signatures", "match": ["kernel"], "injected": "report"}]
     async with Agent(tmp_path, doc) as agent:
         await agent.wait_messages(3)
         # the OOM group stays open for more headlines (10 s by default): nothing is reported yet

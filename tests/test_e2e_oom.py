@@ -6,8 +6,9 @@ a memcg OOM report into /dev/kmsg, one record per write as the kernel prints it.
 out: category oom, signature memcg_oom_killed, the victim's pid and command, the pod's metadata (labels included)
 and the last lines the container wrote.
 
-Records written from userspace carry facility 1 (prio 12 for `<4>`): the rules classify them by their text all the
-same, and the event says it was injected. Pid and command are new on every run, and the kmsg input starts at the
+Records written from userspace carry facility 1 (prio 12 for `<4>`): they are not the kernel's, so the stage runs
+with `injected: report` (a fault-injection drill): the rules classify them by their text all the same, and the
+event says it was injected. Pid and command are new on every run, and the kmsg input starts at the
 buffer's end (`read_from: tail`), so reports of earlier runs still in the kernel buffer cannot be taken for this one.
 """
 
@@ -89,7 +90,7 @@ async def test_oom_kill_in_a_tailed_container_carries_its_pod_and_last_lines(api
          "token_file": "/nonexistent", "ca_file": "/nonexistent", "backoff_initial": "20ms",
          "backoff_max": "200ms"},
         {"type": "signatures", "match": ["kernel", "kube*"], "last_lines": LAST_LINES,
-         "rules_files": [str(site_rules)], "flush_interval": "100ms"},
+         "rules_files": [str(site_rules)], "flush_interval": "100ms", "injected": "report"},
     ]})
     doc["inputs"].append({"type": "kmsg", "name": "kernel", "tag": "kernel", "read_from": "tail",
                           "flush_interval": "50ms"})

@@ -166,8 +166,7 @@ def test_rbac_grants_what_the_components_call_only():
     grants = {(group, res, verb) for r in rules for group in r["apiGroups"] for res in r["resources"]
               for verb in r["verbs"]}
     assert grants == {
-        ("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"),
-        ("", "namespaces", "get"), ("", "namespaces", "list"), ("", "namespaces", "watch"),
+        ("", "pods", "list"), ("", "pods", "watch"),  # kubernetes stage: the node's pods (no get, no namespaces)
         ("", "nodes/status", "patch"),  # node_problems: conditions
         ("", "events", "create"), ("", "events", "patch"),  # node_problems: events and their series count
         ("", "events", "list"), ("", "events", "watch"),  # kube_events

@@ -24,9 +24,11 @@ META = st.dictionaries(KEYS, VALUES, max_size=4)
 
 
 def reference(meta: dict, records: list[dict]) -> bytes:
-    """What an output must write: each record merged under the shared fields (internal keys left out)."""
+    """What an output must write: the shared fields, then each record's own (internal keys left out); on a clash
+    the record's value wins, except on identity fields (record content never overrides identity)."""
     shared = {k: v for k, v in meta.items() if k not in ("source_id", "pos_key")}
-    return b"".join(orjson.dumps({**shared, **r}, default=str) + b"\n" for r in records)
+    own = {k: v for k, v in shared.items() if k in ("input", "path", "kubernetes", "offset", "host")}
+    return b"".join(orjson.dumps({**shared, **r, **own}, default=str) + b"\n" for r in records)
 
 
 @settings(max_examples=400, deadline=None)

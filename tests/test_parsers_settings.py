@@ -97,7 +97,9 @@ def test_json_stage_default_puts_fields_under_json() -> None:
 def test_json_stage_merge_into_record_never_overwrites_record_fields() -> None:
     batch = Batch("kube", [{"message": '{"offset":5,"msg":"m","stream":"x"}', "offset": 0, "stream": "stdout"}])
     _stage(target="", keep_message=False, flag_invalid=False).process(batch)
-    assert batch.records == [{"offset": 0, "stream": "stdout", "json_offset": 5, "msg": "m", "json_stream": "x"}]
+    # `offset` is the record's position (an identity field): the body's value is kept aside and the record flagged
+    assert batch.records == [{"offset": 0, "stream": "stdout", "json_offset": 5, "msg": "m", "json_stream": "x",
+                              "flags": ["identity_field"]}]
 
 
 def test_json_stage_rejects_unknown_keys() -> None:

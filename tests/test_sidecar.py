@@ -197,7 +197,8 @@ def test_node_stage_unwraps_envelopes_once_and_protects_its_own_fields() -> None
     from logagent.config import Section
     from logagent.kubernetes.stage import KubernetesMetadata
 
-    settings = KubernetesMetadata.parse_settings(Section({"api": False}, "pipeline[0]", "test.yaml"))
+    settings = KubernetesMetadata.parse_settings(
+        Section({"api": False, "sidecar_containers": ["shipper"]}, "pipeline[0]", "test.yaml"))
     stage = KubernetesMetadata("k8s-unwrap", settings,
                                Context(config=None, checkpoints=None, dead_letter=None))  # type: ignore[arg-type]
     sidecar_batch = Batch("sidecar", [
@@ -215,23 +216,24 @@ def test_node_stage_unwraps_envelopes_once_and_protects_its_own_fields() -> None
         {"message": hostile, "offset": 300, "stream": "stdout"},
         {"message": "plain text from the sidecar container", "offset": 400, "stream": "stderr"},
         {"message": {"structured": 1}, "offset": 500},
-    ], {"input": "containers", "path": "/x/0.log", "source_id": "fp:node", "pos_key": "offset",
-        "kubernetes": {"pod_uid": "uid-1"}})
+    ], {"input": "containers", "path": "/var/log/pods/shop_web-0_uid-1/shipper/0.log", "source_id": "fp:node",
+        "pos_key": "offset"})
     (out,) = stage.process(node_batch)
     assert out.records == [
         {"message": "cut", "offset": 100, "stream": "stdout", "flags": ["cri_flag", "truncated"],
          "sidecar_file": "/var/log/app/a.log", "sidecar_offset": 6, "sidecar_source": "fp:1"},
         {"message": "x", "offset": 200, "stream": "stdout", "level": "warn", "offset_in_app": 1,
          "sidecar_file": "/var/log/app/a.log", "sidecar_offset": 9, "sidecar_source": "fp:1"},
-        {"message": "m", "offset": 300, "stream": "stdout", "sidecar_file": "/f", "sidecar_offset": 1},
+        {"message": "m", "offset": 300, "stream": "stdout", "sidecar_file": "/f", "sidecar_offset": 1,
+         "flags": ["identity_field"]},
         {"message": "plain text from the sidecar container", "offset": 400, "stream": "stderr"},
         {"message": {"structured": 1}, "offset": 500},
     ]
     # document ids follow where the sidecar read a record, not where the node read the envelope: a record the
     # sidecar sends again after a restart (at-least-once) lands in another node offset, with the same id
     replay = Batch("kube", [{"message": envelopes[0], "offset": 7000, "stream": "stdout"}],
-                   {"input": "containers", "path": "/x/1.log", "source_id": "fp:node2", "pos_key": "offset",
-                    "kubernetes": {"pod_uid": "uid-1"}})
+                   {"input": "containers", "path": "/var/log/pods/shop_web-0_uid-1/shipper/1.log",
+                    "source_id": "fp:node2", "pos_key": "offset"})
     (again,) = stage.process(replay)
     assert doc_id(again.meta, again.records[0]) == doc_id(out.meta, out.records[0])
     assert doc_id(out.meta, out.records[0]) != doc_id(out.meta, out.records[1])

@@ -77,7 +77,8 @@ def node_config(root: Path, state: Path, output: Path) -> Any:
         "http": {"enabled": False},
         "inputs": [{"type": "file", "name": "containers", "paths": [f"{root}/var/log/containers/*.log"],
                     "format": "cri", "tag": "kube", "poll_interval": "100ms"}],
-        "pipeline": [{"type": "kubernetes", "api": False, "root": str(root)}],
+        # the sidecar container is declared on the node agent: only its envelopes are unwrapped
+        "pipeline": [{"type": "kubernetes", "api": False, "root": str(root), "sidecar_containers": ["log-shipper"]}],
         "outputs": [{"type": "file", "name": "out", "path": str(output), "fsync": False}],
     }, "<node agent test>")
     registry.validate(cfg)
@@ -174,7 +175,8 @@ async def test_broken_envelope_is_kept_as_text_and_flagged(tmp_path: Path) -> No
         "state_dir": str(tmp_path / "state"), "http": {"enabled": False},
         "inputs": [{"type": "file", "name": "pods", "paths": [f"{root}/var/log/pods/*/*/*.log"], "format": "cri",
                     "poll_interval": "100ms"}],
-        "pipeline": [{"type": "kubernetes", "api": False, "root": str(root)}],
+        # the sidecar container is declared on the node agent: only its envelopes are unwrapped
+        "pipeline": [{"type": "kubernetes", "api": False, "root": str(root), "sidecar_containers": ["shipper"]}],
         "outputs": [{"type": "file", "name": "out", "path": str(output), "fsync": False}],
     }, "<test>")
     registry.validate(cfg)

@@ -23,6 +23,8 @@ from tests.helpers import async_wait_for
 DATA = Path(__file__).parent / "data" / "kernel"  # a copy of ../shared/testdata/kernel
 POD_UID = "3c1d8e0f-7a2b-4c5d-9e8f-0a1b2c3d4e5f"
 CID = "5f0e2c7a91d4b3e8" + "a" * 48
+# what the kmsg input says about the batches it reads (the hand-made records below are facility 0: the kernel's)
+KMSG_META = {"source": "kmsg", "source_id": "kmsg:b", "pos_key": "seq"}
 
 
 def make_stage(tmp_path: Path, services: dict[str, Any] | None = None, **settings: Any) -> SignatureDetector:
@@ -38,7 +40,7 @@ def kmsg_batches(chunk: int) -> list[Batch]:
     boot_ns = 1_700_000_000 * 10**9
     rows = [{"message": r.message, "seq": r.seq, "time_ns": boot_ns + r.usec * 1000, "level": r.level,
              "facility": r.facility, "userspace": r.userspace} for r in recs]
-    meta = {"input": "kmsg", "source_id": "kmsg:boot-1", "pos_key": "seq"}
+    meta = {"input": "kmsg", "source": "kmsg", "source_id": "kmsg:boot-1", "pos_key": "seq"}
     return [Batch("kernel", rows[i:i + chunk], meta, AckToken()) for i in range(0, len(rows), chunk)]
 
 
@@ -97,9 +99,10 @@ async def test_timer_flushes_a_stale_report_through_the_inject_hook(tmp_path: Pa
     await stage.start()
     try:
         batch = Batch("kernel", [
-            {"message": "INFO: task kubelet:2210 blocked for more than 362 seconds.", "seq": 5, "time": 1.0},
+            {"message": "INFO: task kubelet:2210 blocked for more than 362 seconds.", "seq": 5, "userspace": False,
+             "time": 1.0},
             {"message": '"echo 0 > /proc/sys/kernel/hung_task_timeout_secs" disables this message.', "seq": 6,
-             "time": 1.0}], {"source_id": "kmsg:b", "pos_key": "seq"}, AckToken())
+             "userspace": False, "time": 1.0}], KMSG_META, AckToken())
         assert list(stage.process(batch)) == [batch]  # the report may still grow: nothing emitted yet
         await async_wait_for(lambda: injected, timeout=10, what="the timed-out hung task event")
         (event,) = injected[0].records
@@ -115,8 +118,8 @@ async def test_without_inject_hook_timed_out_reports_ride_the_next_batch(tmp_pat
     stage = make_stage(tmp_path, rules_files=[str(rules)], flush_interval="20ms")
     await stage.start()
     try:
-        stage.process(Batch("kernel", [{"message": "INFO: task a:1 blocked for more than 120 seconds.", "seq": 1}],
-                            {"pos_key": "seq"}, AckToken()))
+        stage.process(Batch("kernel", [{"message": "INFO: task a:1 blocked for more than 120 seconds.", "seq": 1,
+                                        "userspace": False}], KMSG_META, AckToken()))
         await async_wait_for(lambda: stage._held, timeout=10, what="the timer to expire the report")
         nxt = Batch("kube.x", [{"message": "hello"}], {}, AckToken())
         out = list(stage.process(nxt))
@@ -150,8 +153,8 @@ def _memcg_oom_batch() -> Batch:
         "Memory cgroup out of memory: Killed process 81234 (cart) total-vm:538488kB, anon-rss:519120kB, "
         "file-rss:928kB, shmem-rss:0kB, UID:0 pgtables:1068kB oom_score_adj:996",
     ]
-    return Batch("kernel", [{"message": m, "seq": 500 + i, "time": 50.0} for i, m in enumerate(lines)],
-                 {"source_id": "kmsg:b", "pos_key": "seq"}, AckToken())
+    return Batch("kernel", [{"message": m, "seq": 500 + i, "userspace": False, "time": 50.0}
+                            for i, m in enumerate(lines)], KMSG_META, AckToken())
 
 
 def _container_batch(n: int, cid: str | None = CID) -> Batch:
@@ -237,8 +240,8 @@ def test_disabling_an_unknown_rule_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"stages\[0\].disable: no rule named 'link_dwn'"):
         make_stage(tmp_path, disable=["link_dwn"])
     stage = make_stage(tmp_path, disable=["link_down"])
-    out = list(stage.process(Batch("kernel", [{"message": "ixgbe 0000:01:00.0 eth0: NIC Link is Down", "seq": 1}],
-                                   {"pos_key": "seq"}, AckToken())))
+    out = list(stage.process(Batch("kernel", [{"message": "ixgbe 0000:01:00.0 eth0: NIC Link is Down", "seq": 1,
+                                               "userspace": False}], KMSG_META, AckToken())))
     assert len(out) == 1 and stage.assembler.flush() == []
 
 
@@ -262,7 +265,7 @@ async def test_stop_delivers_open_reports(tmp_path: Path) -> None:
 
     stage = make_stage(tmp_path, {"pipeline.inject": inject})
     await stage.start()
-    stage.process(Batch("kernel", [{"message": "Kernel panic - not syncing: Fatal exception", "seq": 9}],
-                        {"pos_key": "seq"}, AckToken()))
+    stage.process(Batch("kernel", [{"message": "Kernel panic - not syncing: Fatal exception", "seq": 9,
+                                    "userspace": False}], KMSG_META, AckToken()))
     await stage.stop()
     assert [r["signature"] for b in got for r in b.records] == ["kernel_panic"]

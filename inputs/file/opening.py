@@ -21,6 +21,7 @@ from typing import Any
 from logagent import metrics
 from logagent.checkpoint import PositionTracker
 from logagent.inputs.file.checkpoints import StoredPosition, file_key, verify
+from logagent.inputs.file.confine import Confinement, Refused
 from logagent.inputs.file.fingerprint import fingerprint_of, read_head
 from logagent.inputs.file.reader import LineSplitter
 from logagent.inputs.file.settings import FileSettings
@@ -40,6 +41,7 @@ class Opener:
         self.first_start = False  # set by the input: `read_from: tail` applies
         self.parents: dict[str, str] = {}  # key -> source id of a stored generation this inode no longer holds
         self._reported: dict[str, str] = {}  # path -> problem already logged (EACCES, directory...)
+        self.confine = Confinement(name, settings.paths, settings.symlink_targets)  # never out of the roots
 
     def open(self, path: str, name: str | None = None, stored: StoredPosition | None = None,
              orphaned: bool = False, known: Callable[[str], Tail | None] = lambda key: None) -> Tail | None:
@@ -47,7 +49,9 @@ class Opener:
         `known(key)` returns a Tail already open for that key (then nothing new is opened)."""
         name = name or path
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            fd = self.confine.open(path)  # beneath the input's roots only (confine.py)
+        except Refused:
+            return None  # logged once and counted by confine
         except OSError as e:
             if e.errno != errno.ENOENT:
                 metrics.ERRORS.labels(component=self.name, kind="open_failed").inc()

@@ -26,6 +26,7 @@ class FileSettings:
     fingerprint_bytes: int
     max_open_files: int  # descriptors the input may hold; rotated files read to their end are closed first
     parser: ParserSettings  # format, multiline, body parser: logagent.parsers.factory owns these keys
+    symlink_targets: tuple[str, ...] = ()  # directories symlinks may lead into besides the globs' roots (confine)
 
 
 def parse_file_settings(section: Section) -> FileSettings:
@@ -49,9 +50,13 @@ def parse_file_settings(section: Section) -> FileSettings:
         fingerprint_bytes=_at_least(section, "fingerprint_bytes", section.size("fingerprint_bytes", 1024), 16),
         max_open_files=section.int("max_open_files", 4096, min=16),
         parser=parse_parser_settings(section),
+        symlink_targets=tuple(section.str_list("symlink_targets", [])),
     )
     if settings.poll_interval <= 0:
         raise section.error("must be more than 0", "poll_interval")
+    for target in settings.symlink_targets:
+        if not target.startswith("/"):
+            raise section.error(f"must be absolute directories, got {target!r}", "symlink_targets")
     section.done()
     return settings
 

@@ -40,6 +40,7 @@ import yaml
 from logagent import metrics
 from logagent.backoff import Backoff
 from logagent.kubernetes.cache import PodCache
+from logagent.redact import excerpt
 from logagent.rotating import RotatingSecret
 
 log = logging.getLogger("logagent.kubernetes.api")
@@ -176,6 +177,12 @@ class TokenSource:
     def __init__(self, token: str | None, token_file: str | None) -> None:
         self._static = token
         self._file = RotatingSecret.open(token_file) if token_file is not None else None
+        self._seen: list[str] = []  # the tokens sent so far (the last few): an error body may echo an old one
+
+    def secrets(self) -> list[str]:
+        """Token values to mask in error text (`logagent.redact`)."""
+        current = self._file.value if self._file is not None else None
+        return [t for t in (self._static, current, *self._seen) if t]
 
     def header(self) -> dict[str, str]:
         token = self.current()
@@ -185,7 +192,10 @@ class TokenSource:
         """`force` after a 401: the token may have rotated under us."""
         if self._file is None:
             return self._static
-        return self._file.current(force) or None
+        token = self._file.current(force) or None
+        if token and token not in self._seen:
+            self._seen = [*self._seen[-2:], token]
+        return token
 
 
 @dataclass(frozen=True)
@@ -269,8 +279,7 @@ class PodWatcher:
             raise Gone("410 Gone")
         if resp.status == 401:
             self.tokens.current(force=True)  # the token may have rotated under us
-        text = body[:300].decode("utf-8", "replace")
-        raise ApiError(f"HTTP {resp.status} from {resp.url.path}: {text}")
+        raise ApiError(f"HTTP {resp.status} from {resp.url.path}: {excerpt(body, secrets=self.tokens.secrets())}")
 
     async def _list(self) -> None:
         assert self._session is not None

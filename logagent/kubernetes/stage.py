@@ -13,9 +13,11 @@ Files on pod volumes: an emptyDir file (/var/lib/kubelet/pods/<uid>/volumes/kube
 gets its pod by uid; with `host_path_volumes: true`, any other path gets the one pod that mounts a hostPath
 directory holding it writable (`PodCache.host_path_owner`; none when several pods write there).
 
-Sidecar envelopes (see logagent.sidecar) written to a container's stdout are unwrapped here: the original message,
-file name (`sidecar_file`) and fields come back instead of a JSON string inside a CRI line. A line that starts like
-an envelope but is not one stays as it was, flagged `sidecar_envelope_invalid`.
+Sidecar envelopes (see logagent.sidecar) written to the stdout of a container declared as a sidecar
+(`sidecar_containers`, or the pod's `logagent.io/sidecar` annotation) are unwrapped (`envelope.py`): the original
+message, file name (`sidecar_file`) and non-identity fields come back instead of a JSON string inside a CRI line.
+From any other container such a line is ordinary. The identity this stage sets (`meta["kubernetes"]`) comes from
+the file's path and the API server only, never from a record's content (`logagent.identity`).
 
 This stage must never wait for the API server: the watch runs in the background and only fills the cache.
 """
@@ -28,11 +30,7 @@ import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import repeat
-from operator import itemgetter
 from typing import Any
-
-import orjson
 
 from logagent import metrics
 from logagent.component import Context, Stage
@@ -45,20 +43,16 @@ from logagent.kubernetes.api import (
     kubeconfig_credentials,
 )
 from logagent.kubernetes.cache import PodCache, PodEntry, container_meta, pod_meta
+from logagent.kubernetes.envelope import EnvelopeUnwrapper, declared_sidecars
 from logagent.kubernetes.path import PathInfo, PathResolver
 from logagent.record import Batch
 
-_message = itemgetter("message")
 
 log = logging.getLogger("logagent.kubernetes")
 
 EXCLUDE = "logagent.io/exclude"
 MULTILINE = "logagent.io/multiline"
 PARSER = "logagent.io/parser"
-SIDECAR_MARK = '{"logagent.sidecar":'
-SIDECAR_INVALID = "sidecar_envelope_invalid"
-# Record keys an envelope's fields may not overwrite: the node-side position (doc ids) and what we restore.
-_PROTECTED = frozenset({"message", "offset", "sidecar_file", "sidecar_offset", "sidecar_source"})
 
 
 @dataclass(frozen=True)
@@ -76,6 +70,7 @@ class KubernetesSettings:
     root: str
     host_path_volumes: bool
     sidecar_unwrap: bool
+    sidecar_containers: frozenset[str]
     watch_timeout: float
     request_timeout: float
     backoff_initial: float
@@ -111,6 +106,7 @@ class KubernetesMetadata(Stage[KubernetesSettings]):
             root=section.str("root", ""),
             host_path_volumes=section.bool("host_path_volumes", False),
             sidecar_unwrap=section.bool("sidecar_unwrap", True),
+            sidecar_containers=frozenset(section.str_list("sidecar_containers", [])),
             watch_timeout=section.duration("watch_timeout", 300.0),
             request_timeout=section.duration("request_timeout", 10.0),
             backoff_initial=section.duration("backoff_initial", 0.5),
@@ -130,11 +126,11 @@ class KubernetesMetadata(Stage[KubernetesSettings]):
         self.cache: PodCache = ctx.service(
             "kubernetes", lambda: PodCache(settings.deleted_pod_retention, settings.annotations))
         self._shared: _SharedWatch = ctx.service("kubernetes.watch", _SharedWatch)
-        # path -> (pod entry it was built from, its version, meta dict or None, excluded)
-        self._by_path: dict[str, tuple[PodEntry | None, int, dict[str, Any] | None, bool]] = {}
+        # path -> (pod entry it was built from, its version, meta dict or None, excluded, a declared sidecar's log)
+        self._by_path: dict[str, tuple[PodEntry | None, int, dict[str, Any] | None, bool, bool]] = {}
         self._host_owner: dict[str, tuple[int, PodEntry | None, str | None]] = {}
         self._dropped = metrics.DROPPED.labels(component=name, reason="excluded")
-        self._flagged = metrics.FLAGGED.labels(component=name, flag=SIDECAR_INVALID)
+        self._envelopes = EnvelopeUnwrapper(name)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     @property
@@ -204,6 +200,10 @@ class KubernetesMetadata(Stage[KubernetesSettings]):
 
     def lookup(self, path: str) -> tuple[dict[str, Any] | None, bool]:
         """(meta["kubernetes"] for the file, excluded?) — cached per path and pod version."""
+        entry = self._lookup(path)
+        return entry[2], entry[3]
+
+    def _lookup(self, path: str) -> tuple[PodEntry | None, int, dict[str, Any] | None, bool, bool]:
         info = self.resolver.resolve(path)
         volume: str | None = None
         if info is not None:
@@ -211,11 +211,11 @@ class KubernetesMetadata(Stage[KubernetesSettings]):
         elif self.settings.host_path_volumes:
             entry, volume = self._host_path_owner(path)
         else:
-            return None, False
+            return None, 0, None, False, False
         version = entry.version if entry is not None else 0
         cached = self._by_path.get(path)
         if cached is not None and cached[0] is entry and cached[1] == version:
-            return cached[2], cached[3]
+            return cached
         if entry is not None:
             if info is not None:
                 meta = container_meta(entry, info.container, info.restart_count, info.container_id)
@@ -229,10 +229,14 @@ class KubernetesMetadata(Stage[KubernetesSettings]):
             meta, excluded = info.as_meta(), False
         else:
             meta, excluded = None, False
+        # a declared sidecar: by name on this node, or by its own pod (the API's view, never the file's content)
+        container = info.container if info is not None else None
+        sidecar = container is not None and (container in self.settings.sidecar_containers or (
+            entry is not None and container in declared_sidecars(entry.annotations)))
         if len(self._by_path) > 20000:
             self._by_path.clear()
-        self._by_path[path] = (entry, version, meta, excluded)
-        return meta, excluded
+        result = self._by_path[path] = (entry, version, meta, excluded, sidecar)
+        return result
 
     def _host_path_owner(self, path: str) -> tuple[PodEntry | None, str | None]:
         """`PodCache.host_path_owner`, remembered per path until the cache changes (it scans every pod)."""
@@ -274,8 +278,9 @@ class KubernetesMetadata(Stage[KubernetesSettings]):
     # -- the hot path ---------------------------------------------------------------------------------------
     def process(self, batch: Batch) -> Iterable[Batch]:
         path = batch.meta.get("path")
+        sidecar = False
         if path is not None:
-            kmeta, excluded = self.lookup(path)
+            _, _, kmeta, excluded, sidecar = self._lookup(path)
             if excluded:
                 self._dropped.inc(len(batch.records))
                 return ()
@@ -285,7 +290,7 @@ class KubernetesMetadata(Stage[KubernetesSettings]):
                 if self.settings.tag_rewrite:
                     batch.tag = self._tag(batch.tag, kmeta)
         if self.settings.sidecar_unwrap and batch.records:
-            self._unwrap_sidecar(batch)
+            self._envelopes.process(batch, sidecar)
         return (batch,)
 
     @staticmethod
@@ -297,48 +302,3 @@ class KubernetesMetadata(Stage[KubernetesSettings]):
         if ns and pod and leaf:
             return f"{tag}.{ns}.{pod}.{leaf}"
         return tag
-
-    def _unwrap_sidecar(self, batch: Batch) -> None:
-        mark = SIDECAR_MARK
-        records = batch.records
-        try:
-            # one C-level pass over the batch (no per-record bytecode): most batches hold no envelope at all
-            marked = list(map(str.startswith, map(_message, records), repeat(mark)))
-            hits = [r for r, m in zip(records, marked) if m] if True in marked else []
-        except (KeyError, AttributeError, TypeError):
-            # a record without a text message (a structured body parsed upstream): the careful way
-            hits = [r for r in batch.records if isinstance(r.get("message"), str) and r["message"].startswith(mark)]
-        if not hits:
-            return
-        bad = 0
-        loads = orjson.loads
-        for rec in hits:
-            try:
-                env = loads(rec["message"])
-                ok = (isinstance(env, dict) and env.get("logagent.sidecar") == 1
-                      and isinstance(env.get("message"), str) and isinstance(env.get("file"), str))
-            except orjson.JSONDecodeError:
-                ok = False
-            if not ok:
-                bad += 1
-                rec["flags"] = [*rec.get("flags", ()), SIDECAR_INVALID]
-                continue
-            fields = env.get("fields")
-            if isinstance(fields, dict):
-                for key, value in fields.items():
-                    if key in _PROTECTED:
-                        continue
-                    if key == "flags" and isinstance(value, list):
-                        rec["flags"] = [*rec.get("flags", ()), *value]
-                    else:
-                        rec[key] = value
-            rec["message"] = env["message"]
-            rec["sidecar_file"] = env["file"]
-            if "offset" in env:
-                rec["sidecar_offset"] = env["offset"]
-                if isinstance(env.get("source"), str):
-                    # the record's identity is where the sidecar read it: a sidecar restart that sends it again
-                    # (at-least-once) gets the same document id (`logagent.record.doc_id`)
-                    rec["sidecar_source"] = env["source"]
-        if bad:
-            self._flagged.inc(bad)

@@ -3,8 +3,10 @@
 A record whose `message` starts with `{` is decoded; the object goes under `target` (default `json`, like a
 Fluent Bit `Merge_Log_Key` or Vector's `.json = parse_json!(.message)`), or is merged into the record itself
 when `target` is empty (Fluent Bit's `Merge_Log` without a key). Merged keys never overwrite the record's own
-fields (`message`, `time`, `stream`, `offset`...): such a key is stored as `json_<key>`. The message is kept
-unless `keep_message: false`.
+fields (`message`, `time`, `stream`, `offset`...): such a key is stored as `json_<key>`. An identity key
+(`kubernetes`, `input`, `path`, `host`, ... see `logagent.identity`) is stored as `json_<key>` too, even when the
+record has no such field yet, and the record is flagged `identity_field`: a body can never say who wrote it. The
+message is kept unless `keep_message: false`.
 
 On failure (not JSON, or not an object) the record stays text and, with `flag_invalid` (default), is flagged
 `json_invalid`. It must never drop a record or lose its text.
@@ -20,8 +22,12 @@ import orjson
 from logagent import metrics
 from logagent.component import Context, Stage
 from logagent.config import Section
+from logagent.identity import IDENTITY_FLAG, IDENTITY_KEYS
 from logagent.parsers.base import LineJoiner
 from logagent.record import Batch, Record
+
+# Keys a merged body never sets: identity, and `flags` (the agent's own list of what happened to the record).
+_AGENT_KEYS = IDENTITY_KEYS | {"flags"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class JsonBodyParser:
 
     def __init__(self, settings: JsonBodySettings) -> None:
         self.settings = settings
+        self.claimed = 0  # records whose body named an identity field (kept as json_<key>, flagged)
 
     def apply(self, records: list[Record]) -> int:
         s = self.settings
@@ -60,11 +67,7 @@ class JsonBodyParser:
                 obj = None
             if type(obj) is not dict:
                 if s.flag_invalid:
-                    flags = rec.get("flags")
-                    if flags is None:
-                        rec["flags"] = ["json_invalid"]
-                    elif "json_invalid" not in flags:
-                        rec["flags"] = [*flags, "json_invalid"]
+                    _flag(rec, "json_invalid")
                     invalid += 1
                 continue
             if not s.keep_message:
@@ -72,9 +75,21 @@ class JsonBodyParser:
             if s.target:
                 rec[s.target] = obj
             else:
+                claimed = not IDENTITY_KEYS.isdisjoint(obj)
                 for k, v in obj.items():
-                    rec[k if k not in rec else f"json_{k}"] = v
+                    rec[k if k not in rec and k not in _AGENT_KEYS else f"json_{k}"] = v
+                if claimed:
+                    _flag(rec, IDENTITY_FLAG)
+                    self.claimed += 1
         return invalid
+
+
+def _flag(rec: Record, flag: str) -> None:
+    flags = rec.get("flags")
+    if flags is None:
+        rec["flags"] = [flag]
+    elif flag not in flags:
+        rec["flags"] = [*flags, flag]
 
 
 class JsonBodyJoiner:
@@ -115,9 +130,14 @@ class JsonBody(Stage[JsonBodySettings]):
         super().__init__(name, settings, ctx)
         self.parser = JsonBodyParser(settings)
         self._invalid = metrics.FLAGGED.labels(component=name, flag="json_invalid")
+        self._claimed = metrics.FLAGGED.labels(component=name, flag=IDENTITY_FLAG)
 
     def process(self, batch: Batch) -> Iterable[Batch]:
-        invalid = self.parser.apply(batch.records)
+        parser = self.parser
+        before = parser.claimed
+        invalid = parser.apply(batch.records)
         if invalid:
             self._invalid.inc(invalid)
+        if parser.claimed != before:
+            self._claimed.inc(parser.claimed - before)
         return (batch,)

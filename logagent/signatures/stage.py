@@ -16,6 +16,15 @@ Permanent signatures (read-only remount, XFS shutdown, GPU off the bus) set a no
 `ctx.services["kernel_conditions"]` and the `logagent_kernel_node_condition` gauge for the life of the process
 (the problem lasts until the node is repaired, usually by a reboot, which restarts the agent).
 
+Only the kernel raises incidents. A record is kernel-originated when the kmsg input read it with facility 0 or the
+journal input with `_TRANSPORT=kernel` and facility 0 (their `userspace: false`, in a batch whose `meta["source"]`
+the input set to `kmsg` / `journal`). Anything else — `echo "<11>..." > /dev/kmsg`, `logger`, a file tagged
+`kernel` — is *injected*, and `injected` decides what it does: `ignore` (default: shipped as it is, with
+`userspace: true`, but never classified; a match is counted as `userspace_signature_ignored` and logged once per
+signature), `report` (incidents flagged `injected: true`, shipped, but never a node condition nor handed to
+`node_problems`: fault-injection drills) or
+`trust` (as the kernel's, conditions included, still flagged: test nodes only).
+
 This stage must never hold, change or drop the batches it is given, and never wait for anything.
 """
 
@@ -39,6 +48,9 @@ from logagent.signatures.incidents import Incident, IncidentAssembler
 from logagent.signatures.rules import RulesError, RuleSet, load_rules
 
 INJECT_SERVICE = "pipeline.inject"
+INJECTED_MODES = ("ignore", "report", "trust")
+KERNEL_SOURCES = frozenset({"kmsg", "journal"})  # the inputs that tell a record's origin (`userspace`)
+IGNORED_FLAG = "userspace_signature_ignored"
 CONDITIONS_SERVICE = "kernel_conditions"
 # `node_problems` stage: takes the event records of every incident raised here (Kubernetes Events, conditions)
 PROBLEMS_SERVICE = "node_problems"
@@ -64,6 +76,7 @@ class SignatureSettings:
     max_report_records: int
     context_gap: int
     flush_interval: float
+    injected: str
     rules: RuleSet = field(compare=False, repr=False)
 
 
@@ -98,6 +111,7 @@ class SignatureDetector(Stage[SignatureSettings]):
             max_report_records=section.int("max_report_records", 5000, min=1),
             context_gap=section.int("context_gap", 50, min=0),
             flush_interval=section.duration("flush_interval", 1.0),
+            injected=section.str("injected", "ignore", choices=INJECTED_MODES),
             rules=rules,
         )
         if s.flush_interval <= 0:
@@ -116,6 +130,11 @@ class SignatureDetector(Stage[SignatureSettings]):
         self._held: list[Incident] = []  # expired by the timer with no inject hook: emitted with the next batch
         self._timer: asyncio.Task[None] | None = None
         self._counters: dict[tuple[str, str], Any] = {}
+        self._ignored = metrics.FLAGGED.labels(component=name, flag=IGNORED_FLAG)
+        self._ignored_logged: set[str] = set()
+        if settings.injected == "trust":
+            self.log.warning("injected: trust — records written by userspace can raise kernel incidents and set node "
+                             "conditions; use this on test nodes only", extra={"stage": name})
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -209,6 +228,14 @@ class SignatureDetector(Stage[SignatureSettings]):
         records = batch.records
         meta = batch.meta
         messages = [r.get("message") or "" for r in records]
+        trusted_source = meta.get("source") in KERNEL_SOURCES
+        if self.settings.injected == "ignore":
+            if trusted_source:
+                injected = [i for i, r in enumerate(records) if r.get("userspace") is not False]
+            else:
+                injected = list(range(len(records)))
+            if injected:
+                self._ignore(batch, messages, injected)
         pos_key = meta.get("pos_key") or "seq"
         last_key = "last_seq" if pos_key == "seq" else pos_key
 
@@ -221,7 +248,7 @@ class SignatureDetector(Stage[SignatureSettings]):
             return record_time(records[i])
 
         def userspace_of(i: int) -> bool:
-            return bool(records[i].get("userspace"))
+            return not trusted_source or records[i].get("userspace") is not False
 
         source = str(meta.get("source_id") or batch.tag)
         try:
@@ -241,12 +268,36 @@ class SignatureDetector(Stage[SignatureSettings]):
                 inc.reported_open = True
                 report(inc.summary())
 
+    def _ignore(self, batch: Batch, messages: list[str], injected: list[int]) -> None:
+        """Blank the injected records' text for classification (their positions still count), counting and logging
+        (once per signature) those that would have matched a rule."""
+        try:
+            matches = self.settings.rules.classify_batch([messages[i] for i in injected])
+        except TypeError:
+            matches = {}
+        for j, m in matches.items():
+            self._ignored.inc()
+            sig = m.rule.signature
+            if sig not in self._ignored_logged and len(self._ignored_logged) < 1000:
+                self._ignored_logged.add(sig)
+                rec = batch.records[injected[j]]
+                self.log.warning("a record written by userspace matches a kernel signature; it raises no incident",
+                                 extra={"signature": sig, "source": batch.meta.get("source") or batch.tag,
+                                        "identifier": rec.get("identifier"), "pid": rec.get("pid"),
+                                        "facility": rec.get("facility")})
+        for i in injected:
+            messages[i] = ""
+
     # -- events ---------------------------------------------------------------------------------------------
     def events_batch(self, incidents: list[Incident]) -> Batch:
         records = [self.event_record(inc) for inc in incidents]
         report = self.ctx.services.get(PROBLEMS_SERVICE)
         if report is not None:
-            report(records)
+            # what acts on the Node (Events, conditions) comes from the kernel only: a drill's injected incidents
+            # (`injected: report`) are shipped, never reported to Kubernetes
+            trusted = records if self.settings.injected == "trust" else [r for r in records if not r.get("injected")]
+            if trusted:
+                report(trusted)
         counts = collections.Counter((r["category"], r["signature"]) for r in records)
         for key, n in counts.items():
             counter = self._counters.get(key)
@@ -276,7 +327,7 @@ class SignatureDetector(Stage[SignatureSettings]):
         rec["pos_key"] = pos_key
         if inc.category == "oom":
             self._attribute_oom(rec, inc)
-        if inc.permanent:
+        if inc.permanent and (not inc.injected or self.settings.injected == "trust"):
             self._set_condition(rec, inc)
         return rec
 
