@@ -196,6 +196,8 @@ async def test_a_problem_written_from_userspace_sets_no_condition_and_posts_no_e
     boot_file = tmp_path / "boot_id"
     boot_file.write_text(str(uuid.uuid4()))
     doc = config(tmp_path, api, boot_file)
+    # by default a userspace record raises no incident at all; a fault-injection drill reports it, flagged
+    doc["pipeline"][0]["injected"] = "report"
     async with Running(doc) as p:
         await async_wait_for(lambda: len(ours(api)) == 5, timeout=30, what="our conditions patched")
         await p.inject(kernel_batch(["EXT4-fs (sdb1): Remounting filesystem read-only"], 900, "b", prio=12))
