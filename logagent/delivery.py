@@ -41,8 +41,8 @@ from logagent.component import Output
 from logagent.compression import compress as compress  # re-exported for the outputs
 from logagent.config import Section
 from logagent.record import AckToken, Batch, Shape, noop_token, parse_shape
-from logagent.rotating import RotatingSecret, usable_token
 from logagent.redact import mask
+from logagent.rotating import RotatingSecret, usable_token
 
 log = logging.getLogger("logagent.delivery")
 
