@@ -47,7 +47,6 @@ from logagent.kubernetes.envelope import EnvelopeUnwrapper, declared_sidecars
 from logagent.kubernetes.path import PathInfo, PathResolver
 from logagent.record import Batch
 
-
 log = logging.getLogger("logagent.kubernetes")
 
 EXCLUDE = "logagent.io/exclude"
