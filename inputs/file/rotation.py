@@ -96,9 +96,13 @@ class Rotation:
                 continue
             if st.st_size < tail.read_offset or file_key(st.st_dev, st.st_ino) in self.tails.tails:
                 continue
-            try:
-                fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            try:  # the entry itself, never what a link swapped in after the lstat points at
+                fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
             except OSError:
+                continue
+            opened = os.fstat(fd)
+            if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+                os.close(fd)  # replaced between the lstat and the open
                 continue
             if matches(fd, tail.fp) and (best is None or st.st_mtime > best[0]):
                 if best is not None:
