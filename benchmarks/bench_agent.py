@@ -80,8 +80,8 @@ def run_sink(kind: str, port_file: str) -> None:
     import lz4.block
     from aiohttp import web
 
-    from tests.receivers.logproto_pb2 import PushRequest
-    from tests.receivers.sls_logs_pb2 import LogGroup
+    from logagent.outputs.proto.logproto_pb2 import PushRequest
+    from logagent.outputs.proto.sls_logs_pb2 import LogGroup
 
     stats: dict[str, Any] = {"records": 0, "bytes": 0, "raw_bytes": 0, "requests": 0, "doc": None}
 

@@ -32,8 +32,8 @@ import re
 import cramjam
 from aiohttp import web
 
+from logagent.outputs.proto.logproto_pb2 import PushRequest
 from tests.receivers import Receiver, run_forever
-from tests.receivers.logproto_pb2 import PushRequest
 
 _LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"\s*(,|$)')
 

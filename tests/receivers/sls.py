@@ -23,8 +23,8 @@ import lz4.block
 import orjson
 from aiohttp import web
 
+from logagent.outputs.proto.sls_logs_pb2 import LogGroup
 from tests.receivers import Receiver
-from tests.receivers.sls_logs_pb2 import LogGroup
 
 _ids = itertools.count(1)
 
