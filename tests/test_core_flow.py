@@ -22,6 +22,7 @@ from logagent.config import Section, parse_config
 from logagent.pipeline import Pipeline
 from logagent.record import Batch
 from tests.helpers import async_wait_for
+from tests.paced_input import PacedInput
 from tests.receivers.es import BulkReceiver
 
 
@@ -57,62 +58,6 @@ class SizedInput(Input):
         self._stop.set()
 
 
-@dataclass(frozen=True)
-class NodeSettings:
-    sources: int
-    lines_per_second: int
-    seconds: float
-
-
-class NodeInput(Input):
-    """`sources` files written at `lines_per_second` in total: each source emits 5 lines every 5/rate*sources s."""
-
-    @classmethod
-    def parse_settings(cls, section: Section) -> NodeSettings:
-        s = NodeSettings(section.int("sources"), section.int("lines_per_second"), section.duration("seconds"))
-        section.done()
-        return s
-
-    async def run(self, emit: Any) -> None:
-        """The writers keep their schedule whatever the pipeline does: each source writes 5 lines
-        every `period` seconds (sources spread over the period); each wakeup emits, per source, every line written
-        and not yet emitted (a tailer reading what is new), each stamped with the time it was written."""
-        self._stop = asyncio.Event()
-        s = self.settings
-        tracker = self.ctx.checkpoints.tracker(self.name)
-        per_batch = 5
-        period = per_batch * s.sources / s.lines_per_second
-        t0 = time.monotonic()
-        emitted = [0] * s.sources  # writes (of per_batch lines) of each source already emitted
-        total_writes = int(s.seconds / period)
-        while not self._stop.is_set():
-            now = time.monotonic()
-            for src in range(s.sources):
-                phase = period * src / s.sources
-                due = min(total_writes, int((now - t0 - phase) / period) + 1 if now - t0 >= phase else 0)
-                if due <= emitted[src]:
-                    continue
-                records = [{"message": f"s{src} l{w * per_batch + k}", "offset": (w * per_batch + k) * 100,
-                            "t": t0 + phase + w * period}
-                           for w in range(emitted[src], due) for k in range(per_batch)]
-                emitted[src] = due
-                await emit(Batch(f"node.{src}", records,
-                                 {"input": self.name, "source_id": f"f{src}", "pos_key": "offset"},
-                                 tracker.token(f"f{src}", {"offset": due * per_batch * 100}), 100 * len(records)))
-            if min(emitted) >= total_writes:
-                break
-            await asyncio.sleep(max(0.0, period / 10 - (time.monotonic() - now)))  # the tailer's next look
-        NodeInput.written = sum(emitted) * per_batch
-        NodeInput.stopped_at = t0 + total_writes * period
-        await self._stop.wait()
-
-    written = 0
-    stopped_at = 0.0
-
-    async def stop(self) -> None:
-        self._stop.set()
-
-
 class HoldingOutput(Output):
     """Accepts batches and never acknowledges them (a backend that stopped answering)."""
 
@@ -129,7 +74,7 @@ class HoldingOutput(Output):
 @pytest.fixture(autouse=True)
 def _types(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(registry.INPUTS, "sized", f"{__name__}:SizedInput")
-    monkeypatch.setitem(registry.INPUTS, "node", f"{__name__}:NodeInput")
+    monkeypatch.setitem(registry.INPUTS, "paced", "tests.paced_input:PacedInput")
     monkeypatch.setitem(registry.OUTPUTS, "holding", f"{__name__}:HoldingOutput")
     HoldingOutput.held = []
     SizedInput.emitted = 0
@@ -193,21 +138,21 @@ async def test_200_sources_at_5000_lines_per_second_ship_every_line_within_2_sec
 
     rec = await BulkReceiver(item_fault=stamp, keep_docs=False).start()
     seconds = 4.0
-    cfg = _config(tmp_path, [{"type": "node", "name": "pods", "sources": 200, "lines_per_second": 5000,
+    cfg = _config(tmp_path, [{"type": "paced", "name": "pods", "sources": 200, "rate": 5000,
                               "seconds": f"{seconds}s"}],
                   [{"type": "elasticsearch", "name": "es", "url": rec.url, "index": "logs",
                     "batch": {"max_wait": "1s"}}])  # the default max_wait
     p = Pipeline(cfg)
     await p.start()
     try:
-        await async_wait_for(lambda: NodeInput.written > 0, seconds + 30, what="the writers finished")
-        await async_wait_for(lambda: len(arrived) == NodeInput.written, 30, what="every line shipped")
+        await async_wait_for(lambda: PacedInput.written > 0, seconds + 30, what="the writers finished")
+        await async_wait_for(lambda: len(arrived) == PacedInput.written, 30, what="every line shipped")
     finally:
         p.request_stop()
         await p.shutdown()
         await rec.stop()
     latencies = sorted(arrived.values())
-    assert NodeInput.written >= 5000 * seconds * 0.9
-    assert rec.conflicts == 0 and rec.items_seen == NodeInput.written
+    assert PacedInput.written >= 5000 * seconds * 0.9
+    assert rec.conflicts == 0 and rec.items_seen == PacedInput.written
     p50, p99, worst = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)], latencies[-1]
     assert worst < 2.0, f"p50 {p50:.2f}s p99 {p99:.2f}s max {worst:.2f}s"
