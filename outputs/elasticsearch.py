@@ -371,7 +371,7 @@ def _error_text(body: bytes) -> str:
     return excerpt(body)
 
 
-class ElasticsearchOutput(DeliveryOutput[ElasticsearchSettings]):
+class ElasticsearchOutput(DeliveryOutput[ElasticsearchSettings, bytes]):
     settings: ElasticsearchSettings
 
     @classmethod

@@ -403,7 +403,7 @@ def _template_map(section: Section, key: str, default: dict[str, str]) -> tuple[
     return tuple(mapping.items())
 
 
-class LokiOutput(DeliveryOutput[LokiSettings]):
+class LokiOutput(DeliveryOutput[LokiSettings, Item]):
     settings: LokiSettings
 
     @classmethod

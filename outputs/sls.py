@@ -392,7 +392,7 @@ def _payload(item: bytes) -> bytes:
     return item[pos + 1:]
 
 
-class SlsOutput(DeliveryOutput[SlsSettings]):
+class SlsOutput(DeliveryOutput[SlsSettings, bytes]):
     settings: SlsSettings
 
     @classmethod

@@ -441,7 +441,7 @@ async def test_loki_401_is_dead_lettered_with_the_reason_and_logged_as_an_error(
 async def test_a_rotated_token_file_is_read_again(tmp_path, monkeypatch, caplog) -> None:
     """A projected service-account token is replaced in place before it expires: requests after the rotation carry
     the new token, nothing is refused, and neither token is logged."""
-    from logagent.delivery import RotatingSecret
+    from logagent.rotating import RotatingSecret
 
     monkeypatch.setattr(RotatingSecret, "check_interval", 0.0)
     caplog.set_level(logging.DEBUG)
