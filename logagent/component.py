@@ -12,30 +12,26 @@ import abc
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from logagent.checkpoint import CheckpointStore
 from logagent.config import AgentConfig, Section
 from logagent.deadletter import DeadLetter
 from logagent.record import Batch
+from logagent.services import Services
 
 Emit = Callable[[Batch], Awaitable[None]]
 
 
 @dataclass
 class Context:
-    """What every component may use: the agent config, checkpoints, the dead-letter file, shared services."""
+    """What every component may use: the agent config, checkpoints, the dead-letter file, and the typed slots
+    through which components reach each other (`logagent.services.Services`)."""
 
     config: AgentConfig
     checkpoints: CheckpointStore
     dead_letter: DeadLetter
-    services: dict[str, Any] = field(default_factory=dict)
-
-    def service(self, name: str, factory: Callable[[], Any]) -> Any:
-        """A process-wide singleton (e.g. the Kubernetes metadata cache), created on first use."""
-        if name not in self.services:
-            self.services[name] = factory()
-        return self.services[name]
+    services: Services = field(default_factory=Services)
 
 
 _S = TypeVar("_S")  # a component's settings dataclass (what `parse_settings` returns)
@@ -55,13 +51,13 @@ class Component(abc.ABC, Generic[_S]):
     def report_degraded(self, reason: str) -> None:
         """Say that this component works, but not as configured (e.g. "inotify unavailable: polling"): shown by
         /readyz and `logagent_component_state{state="degraded"}`, logged once per new reason. Cheap to repeat."""
-        health = self.ctx.services.get("health")
+        health = self.ctx.services.health
         if health is not None:
             health.degraded(self.kind(), self.name, reason)
 
     def report_recovered(self) -> None:
         """Back to normal after `report_degraded`."""
-        health = self.ctx.services.get("health")
+        health = self.ctx.services.health
         if health is not None:
             health.recovered(self.kind(), self.name)
 

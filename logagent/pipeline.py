@@ -107,12 +107,12 @@ class Pipeline:
         self.routing = asyncio.Lock()  # held by the router per batch: reload swaps components between batches
         self.health_state = Health()
         self.supervisor = Supervisor(self.health_state, self._stopping.is_set)
-        self.ctx.services["health"] = self.health_state
+        self.ctx.services.health = self.health_state
         self.ops = Operations(self)
         self.reloader = Reloader(self)
-        self.ctx.services["pipeline.inject"] = self.inject
+        self.ctx.services.inject = self.inject
         self._late: list[Batch] = []  # injected while stopping
-        self.ctx.services["stop_agent"] = self.request_stop  # e.g. the stdout output when stdout is gone
+        self.ctx.services.stop_agent = self.request_stop  # e.g. the stdout output when stdout is gone
 
     @property
     def stopping(self) -> bool:

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     async def main() -> int:
         pipeline = Pipeline(cfg)
         # the envelope output stops the agent when stdout is gone (see logagent.outputs.sidecar)
-        pipeline.ctx.services["stop_agent"] = pipeline.request_stop
+        pipeline.ctx.services.stop_agent = pipeline.request_stop
         code = await pipeline.run()
         out = pipeline.outputs.get("envelope")
         broken = getattr(out.output, "broken", None) if out is not None else None

@@ -67,7 +67,7 @@ class ComponentStatus:
 
 
 class Health:
-    """The states of all components of one pipeline (in `ctx.services["health"]`)."""
+    """The states of all components of one pipeline (in `ctx.services.health`)."""
 
     def __init__(self) -> None:
         self.components: dict[tuple[str, str], ComponentStatus] = {}

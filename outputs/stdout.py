@@ -51,7 +51,7 @@ class StreamOutput(Output[_S]):
             self.broken = f"{type(e).__name__}: {e}"
             metrics.ERRORS.labels(component=self.name, kind="stdout_closed").inc()
             self.log.error("stdout cannot be written; stopping without acknowledging", extra={"error": self.broken})
-            stop = self.ctx.services.get("stop_agent")
+            stop = self.ctx.services.stop_agent
             if stop is not None:
                 stop()
             else:

@@ -251,7 +251,7 @@ async def test_exclude_annotation_drops_and_counts_and_steers_the_tailer(api: Fa
         assert list(stage.process(batch_for(pod_path(quiet), n=7))) == []
         assert dropped("k8s-exclude") - before == 7
         assert len(list(stage.process(batch_for(pod_path(javaapp))))) == 1
-        overrides = stage.ctx.services["file_overrides"]
+        overrides = stage.ctx.services.file_overrides
         assert overrides(pod_path(quiet)) == {"exclude": True}
         assert overrides(pod_path(javaapp)) == {"multiline": "java", "parser": "json"}
         assert overrides("/var/log/syslog") is None
@@ -524,7 +524,7 @@ async def test_start_waits_for_the_first_list_so_annotations_steer_files_opened_
     try:
         # no waiting here: by the time inputs start (after stages), the first list is in
         assert stage.cache.synced
-        assert stage.ctx.services["file_overrides"](pod_path(make_pod("javaapp", uid="uid-java"))) == {
+        assert stage.ctx.services.file_overrides(pod_path(make_pod("javaapp", uid="uid-java"))) == {
             "multiline": "java"}
     finally:
         await stage.stop()

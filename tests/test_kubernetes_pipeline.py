@@ -84,7 +84,7 @@ async def test_node_agent_tags_container_and_volume_logs_and_obeys_annotations(a
         late = make_pod("late-job-x1", "batch", uid="uid-late", labels={"run": "nightly"},
                         containers={"worker": ("registry/worker:2", "e" * 64, 0)}, owner=("Job", "late-job"))
         api.add(late)
-        cache = pipeline.ctx.services["kubernetes"]
+        cache = pipeline.ctx.services.kubernetes.cache
         await async_wait_for(lambda: cache.by_uid("uid-late"), timeout=20, what="late pod through the watch")
         pod_log(root, late, "worker", cri("nightly run done"))
         await async_wait_for(lambda: any(r["message"] == "nightly run done" for r in read_records(output)),

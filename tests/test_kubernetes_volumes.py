@@ -75,7 +75,7 @@ async def test_exclude_annotation_applies_to_the_pods_volume_files(api: FakeApiS
     try:
         await async_wait_for(lambda: stage.cache.synced, what="synced")
         assert tagged(stage, path) is None
-        assert stage.ctx.services["file_overrides"](path) == {"exclude": True}
+        assert stage.ctx.services.file_overrides(path) == {"exclude": True}
     finally:
         await stage.stop()
 

@@ -101,7 +101,7 @@ async def test_a_userspace_write_to_dev_kmsg_sets_no_node_condition(api: FakeApi
     events = [r for r in forged() if "signature" in r]
     # shipped as they are, flagged as written by userspace (the kernel put both under facility 1)
     assert [(r["facility"], r["level"], r["userspace"]) for r in records] == [(1, 3, True), (1, 3, True)]
-    conditions = pipeline.ctx.services["kernel_conditions"]
+    conditions = pipeline.ctx.services.kernel_conditions
     assert not [k for k in conditions if run in k] and [_gauge(d) for d in devices] == [0, 0]
     # nothing reached the Node: no condition turned True, no Event
     set_true = [c for _, _, patch in api.node_patches for c in (patch.get("status") or {}).get("conditions") or ()
@@ -151,6 +151,6 @@ def test_logger_with_the_kern_facility_in_the_journal_sets_no_node_condition(tmp
     events = [r for r in records if "signature" in r]
     assert [(e["fields"]["device"], e.get("condition"), e.get("injected")) for e in events] == [
         ("nvme7n1", "fs_remount_readonly:nvme7n1", None)]
-    assert list(pipeline.ctx.services["kernel_conditions"]) == ["fs_remount_readonly:nvme7n1"]
+    assert list(pipeline.ctx.services.kernel_conditions) == ["fs_remount_readonly:nvme7n1"]
     assert _gauge("sdz9") == 0 and _gauge("nvme7n1") == 1
     assert _ignored() - before == 1

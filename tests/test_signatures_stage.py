@@ -15,7 +15,9 @@ from logagent.component import Context
 from logagent.config import ConfigError, Section
 from logagent.inputs.kmsgformat import parse_capture
 from logagent.kubernetes.cache import PodCache
+from logagent.kubernetes.stage import KubernetesShared
 from logagent.record import AckToken, Batch
+from logagent.services import Services
 from logagent.signatures.attribution import ContainerTails, parse_memcg
 from logagent.signatures.stage import SignatureDetector, record_time
 from tests.helpers import async_wait_for
@@ -27,9 +29,10 @@ CID = "5f0e2c7a91d4b3e8" + "a" * 48
 KMSG_META = {"source": "kmsg", "source_id": "kmsg:b", "pos_key": "seq"}
 
 
-def make_stage(tmp_path: Path, services: dict[str, Any] | None = None, **settings: Any) -> SignatureDetector:
+def make_stage(tmp_path: Path, services: Services | None = None, **settings: Any) -> SignatureDetector:
     ctx = Context(config=None, checkpoints=None, dead_letter=None)  # type: ignore[arg-type]
-    ctx.services.update(services or {})
+    if services is not None:
+        ctx.services = services
     section = Section(settings, "stages[0]", str(tmp_path / "agent.yaml"))
     return SignatureDetector("sig", SignatureDetector.parse_settings(section), ctx)
 
@@ -95,7 +98,7 @@ async def test_timer_flushes_a_stale_report_through_the_inject_hook(tmp_path: Pa
     async def inject(batch: Batch) -> None:
         injected.append(batch)
 
-    stage = make_stage(tmp_path, {"pipeline.inject": inject}, rules_files=[str(rules)], flush_interval="50ms")
+    stage = make_stage(tmp_path, Services(inject=inject), rules_files=[str(rules)], flush_interval="50ms")
     await stage.start()
     try:
         batch = Batch("kernel", [
@@ -169,7 +172,7 @@ def _container_batch(n: int, cid: str | None = CID) -> Batch:
 def test_oom_event_carries_pod_metadata_and_the_containers_last_lines(tmp_path: Path) -> None:
     cache = PodCache()
     cache.upsert(_pod())
-    stage = make_stage(tmp_path, {"kubernetes": cache}, last_lines=20)
+    stage = make_stage(tmp_path, Services(kubernetes=KubernetesShared(cache)), last_lines=20)
     logs = _container_batch(35)
     assert list(stage.process(logs)) == [logs]
     stage.process(_memcg_oom_batch())
@@ -263,7 +266,7 @@ async def test_stop_delivers_open_reports(tmp_path: Path) -> None:
     async def inject(batch: Batch) -> None:
         got.append(batch)
 
-    stage = make_stage(tmp_path, {"pipeline.inject": inject})
+    stage = make_stage(tmp_path, Services(inject=inject))
     await stage.start()
     stage.process(Batch("kernel", [{"message": "Kernel panic - not syncing: Fatal exception", "seq": 9,
                                     "userspace": False}], KMSG_META, AckToken()))

@@ -28,12 +28,13 @@ from logagent.inputs.file.settings import FileSettings
 from logagent.inputs.file.tail import Tail
 from logagent.parsers.base import LineJoiner
 from logagent.parsers.factory import make_joiner
+from logagent.services import Services
 
 log = logging.getLogger("logagent.input.file")
 
 
 class Opener:
-    def __init__(self, name: str, settings: FileSettings, tracker: PositionTracker, services: dict[str, Any]) -> None:
+    def __init__(self, name: str, settings: FileSettings, tracker: PositionTracker, services: Services) -> None:
         self.name = name
         self.settings = settings
         self.tracker = tracker
@@ -134,12 +135,11 @@ class Opener:
         return tail
 
     def overrides(self, path: str) -> dict[str, Any] | None:
-        fn = self.services.get("file_overrides")
+        fn = self.services.file_overrides  # the kubernetes stage, once started
         if fn is None:
             return None
         try:
-            result: dict[str, Any] | None = fn(path)
-            return result
+            return fn(path)
         except Exception:
             log.exception("file_overrides failed; reading with the input's own settings", extra={"path": path})
             return None

@@ -7,7 +7,7 @@ so that the lines its containers wrote last, read after the DELETED event, are s
 Lookups never wait: a pod the watch has not delivered yet is simply not there (callers fall back to what the path
 says). This module must never do I/O.
 
-Public read API (also used by the kernel engineer through `ctx.services["kubernetes"]`):
+Public read API (also used by the kernel engineer through `ctx.services.kubernetes.cache`):
     by_uid(uid)            -> pod-level dict (no container fields, plus "containers": [...]) or None
     by_container_id(cid)   -> the `meta["kubernetes"]` dict of that container (id with or without "containerd://")
 """

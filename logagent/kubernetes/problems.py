@@ -1,7 +1,7 @@
 """`node_problems` stage: kernel incidents reported to Kubernetes, as Node Problem Detector does.
 
 The stage takes no batches of its own (`match: []` is its default; batches routed to it pass unchanged). It offers
-`ctx.services["node_problems"]`, which the `signatures` stage calls with the event records of every incident it
+`ctx.services.node_problems`, which the `signatures` stage calls with the event records of every incident it
 raises. That is the only way in: conditions and Events come from incidents the kernel rules raised on
 kernel-originated records, never from a record that merely looks like an incident. An incident with a headline
 written from userspace (`injected`: logger, a write to /dev/kmsg) is counted
@@ -41,8 +41,6 @@ from logagent.record import Batch, Record
 
 log = logging.getLogger("logagent.kubernetes.problems")
 
-SERVICE = "node_problems"
-OPEN_SERVICE = "node_problems.open"
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 EVENT_MESSAGE_MAX = 1024  # events.k8s.io's note limit; core/v1 messages are kept to it too
 
@@ -155,17 +153,17 @@ class NodeProblems(Stage[ProblemSettings]):
                 self._set_gauges()
                 self._tasks.append(asyncio.create_task(self._conditions_loop(), name=f"{self.name}-conditions"))
         self._tasks.append(asyncio.create_task(self.recorder.run(), name=f"{self.name}-events"))
-        self.ctx.services[SERVICE] = self.submit
+        self.ctx.services.node_problems = self.submit
         if self.state is not None:
-            self.ctx.services[OPEN_SERVICE] = self.open_problem
+            self.ctx.services.node_problems_open = self.open_problem
         log.info("reporting node problems", extra={"server": creds.server, "node": self.node,
                                                    "conditions": [r.type for r in s.conditions]})
 
     async def stop(self) -> None:
-        if self.ctx.services.get(SERVICE) == self.submit:
-            del self.ctx.services[SERVICE]
-        if self.ctx.services.get(OPEN_SERVICE) == self.open_problem:
-            del self.ctx.services[OPEN_SERVICE]
+        if self.ctx.services.node_problems == self.submit:
+            self.ctx.services.node_problems = None
+        if self.ctx.services.node_problems_open == self.open_problem:
+            self.ctx.services.node_problems_open = None
         if self.recorder is not None and self.recorder.pending:
             await self.recorder.flush(2.0)
         for t in self._tasks:

@@ -7,7 +7,7 @@ get the rest. Pod annotations steer collection:
 
     logagent.io/exclude: "true"          the pod's records are dropped (counted: dropped_records{reason=excluded})
     logagent.io/multiline: java|python|go|node|ruby      } told to the file tailer when it opens the file,
-    logagent.io/parser: json|text                        } through ctx.services["file_overrides"](path)
+    logagent.io/parser: json|text                        } through ctx.services.file_overrides(path)
 
 Files on pod volumes: an emptyDir file (/var/lib/kubelet/pods/<uid>/volumes/kubernetes.io~empty-dir/<volume>/...)
 gets its pod by uid; with `host_path_volumes: true`, any other path gets the one pod that mounts a hostPath
@@ -77,10 +77,12 @@ class KubernetesSettings:
     sync_timeout: float
 
 
-class _SharedWatch:
-    """One list+watch per process, however many kubernetes stages the config has."""
+class KubernetesShared:
+    """What every kubernetes stage of a pipeline shares (`ctx.services.kubernetes`): the pod cache (built with the
+    first stage's settings) and one list+watch, however many kubernetes stages the config has."""
 
-    def __init__(self) -> None:
+    def __init__(self, cache: PodCache) -> None:
+        self.cache = cache
         self.watcher: PodWatcher | None = None
         self.task: asyncio.Task[None] | None = None
         self.users = 0
@@ -122,9 +124,12 @@ class KubernetesMetadata(Stage[KubernetesSettings]):
     def __init__(self, name: str, settings: KubernetesSettings, ctx: Context) -> None:
         super().__init__(name, settings, ctx)
         self.resolver = PathResolver(settings.root)
-        self.cache: PodCache = ctx.service(
-            "kubernetes", lambda: PodCache(settings.deleted_pod_retention, settings.annotations))
-        self._shared: _SharedWatch = ctx.service("kubernetes.watch", _SharedWatch)
+        shared = ctx.services.kubernetes
+        if shared is None:
+            shared = ctx.services.kubernetes = KubernetesShared(
+                PodCache(settings.deleted_pod_retention, settings.annotations))
+        self._shared = shared
+        self.cache: PodCache = shared.cache
         # path -> (pod entry it was built from, its version, meta dict or None, excluded, a declared sidecar's log)
         self._by_path: dict[str, tuple[PodEntry | None, int, dict[str, Any] | None, bool, bool]] = {}
         self._host_owner: dict[str, tuple[int, PodEntry | None, str | None]] = {}
@@ -137,7 +142,7 @@ class KubernetesMetadata(Stage[KubernetesSettings]):
         return self._shared.watcher
 
     async def start(self) -> None:
-        self.ctx.services["file_overrides"] = self.file_overrides
+        self.ctx.services.file_overrides = self.file_overrides
         self._shared.users += 1
         if self._shared.task is not None or not self.settings.api:
             return

@@ -8,8 +8,9 @@ path carries the pod uid and the container id:
     systemd driver (v1 and v2)    /kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid, _ for ->.slice/
                                   cri-containerd-<id>.scope | docker-<id>.scope | crio-<id>.scope
 
-`parse_memcg` reads those; the pod cache (`ctx.services["kubernetes"]`, a `PodCache`) turns them into metadata
-when the API watch runs, and without it the path alone still gives pod uid and container id.
+`parse_memcg` reads those; the pod cache (`ctx.services.kubernetes.cache`, a `PodCache`, read as a `PodLookup`)
+turns them into metadata when the API watch runs, and without it the path alone still gives pod uid and container
+id.
 
 `ContainerTails` keeps the last lines of every container whose log batches pass the stage, in memory bounded by
 a number of containers, lines per container and total bytes (least recently written container evicted first).
@@ -25,6 +26,8 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from logagent.services import PodLookup
 
 _POD_V1 = re.compile(r"/pod(?P<uid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
                      r"(?:/(?P<cid>[0-9a-fA-F]{12,64}))?(?:/|$)")
@@ -166,7 +169,7 @@ class ContainerTails:
         return None
 
 
-def attribute(owner: CgroupOwner, cache: Any, tails: ContainerTails | None) -> dict[str, Any]:
+def attribute(owner: CgroupOwner, cache: PodLookup | None, tails: ContainerTails | None) -> dict[str, Any]:
     """Event fields for an OOM kill in a Kubernetes container: `kubernetes` metadata (from the pod cache when it
     knows the pod, else from the path) and `container_last_lines` with how they were matched."""
     kmeta: dict[str, Any] | None = None

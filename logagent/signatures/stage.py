@@ -9,11 +9,11 @@ last lines that container wrote.
 
 An incident stays open while more of its report may come. It is emitted when the next batch shows it is over,
 or by the stage's timer (started in `start()`) once nothing arrived for it for its group window. The timer hands
-such events to `ctx.services["pipeline.inject"]` (an `async (Batch) -> None` the pipeline offers for batches made
+such events to `ctx.services.inject` (an `async (Batch) -> None` the pipeline offers for batches made
 outside `process`) when there is one, and otherwise keeps them for the next `process` call.
 
 Permanent signatures (read-only remount, XFS shutdown, GPU off the bus) set a node condition, kept in
-`ctx.services["kernel_conditions"]` and the `logagent_kernel_node_condition` gauge for the life of the process
+`ctx.services.kernel_conditions` and the `logagent_kernel_node_condition` gauge for the life of the process
 (the problem lasts until the node is repaired, usually by a reboot, which restarts the agent).
 
 Only the kernel raises incidents. A record is kernel-originated when the kmsg input read it with facility 0 or the
@@ -47,16 +47,9 @@ from logagent.signatures.attribution import ContainerTails, attribute, parse_mem
 from logagent.signatures.incidents import Incident, IncidentAssembler
 from logagent.signatures.rules import RulesError, RuleSet, load_rules
 
-INJECT_SERVICE = "pipeline.inject"
 INJECTED_MODES = ("ignore", "report", "trust")
 KERNEL_SOURCES = frozenset({"kmsg", "journal"})  # the inputs that tell a record's origin (`userspace`)
 IGNORED_FLAG = "userspace_signature_ignored"
-CONDITIONS_SERVICE = "kernel_conditions"
-# `node_problems` stage: takes the event records of every incident raised here (Kubernetes Events, conditions)
-PROBLEMS_SERVICE = "node_problems"
-# ... and the summary of a report still open once it holds a permanent problem (conditions at once, not after the
-# report's window)
-PROBLEMS_OPEN_SERVICE = "node_problems.open"
 # Fields that say which device a permanent condition is about (one condition per device).
 _DEVICE_FIELDS = ("device", "pci", "bus_id", "interface")
 
@@ -125,7 +118,7 @@ class SignatureDetector(Stage[SignatureSettings]):
                                            max_records=settings.max_report_records, context_gap=settings.context_gap)
         self.tails = ContainerTails(settings.last_lines, settings.tail_max_containers, settings.tail_max_bytes,
                                     settings.tail_max_line_bytes) if settings.last_lines > 0 else None
-        self.conditions: dict[str, dict[str, Any]] = ctx.service(CONDITIONS_SERVICE, dict)
+        self.conditions = ctx.services.kernel_conditions
         self._kinds: dict[str, str | None] = {}
         self._held: list[Incident] = []  # expired by the timer with no inject hook: emitted with the next batch
         self._timer: asyncio.Task[None] | None = None
@@ -180,7 +173,7 @@ class SignatureDetector(Stage[SignatureSettings]):
                 self.log.exception("flushing timed-out kernel incidents failed")
 
     async def _deliver(self, incidents: list[Incident]) -> None:
-        inject = self.ctx.services.get(INJECT_SERVICE)
+        inject = self.ctx.services.inject
         if inject is None:
             self._held.extend(incidents)
             return
@@ -260,7 +253,7 @@ class SignatureDetector(Stage[SignatureSettings]):
             return self.assembler.feed(messages, pos_of, time_of, userspace_of, source)
 
     def _report_open(self) -> None:
-        report = self.ctx.services.get(PROBLEMS_OPEN_SERVICE)
+        report = self.ctx.services.node_problems_open  # a report still open holding a permanent problem
         if report is None:
             return
         for inc in self.assembler.open_incidents():
@@ -291,7 +284,7 @@ class SignatureDetector(Stage[SignatureSettings]):
     # -- events ---------------------------------------------------------------------------------------------
     def events_batch(self, incidents: list[Incident]) -> Batch:
         records = [self.event_record(inc) for inc in incidents]
-        report = self.ctx.services.get(PROBLEMS_SERVICE)
+        report = self.ctx.services.node_problems  # the `node_problems` stage: Events, conditions
         if report is not None:
             # what acts on the Node (Events, conditions) comes from the kernel only: a drill's injected incidents
             # (`injected: report`) are shipped, never reported to Kubernetes
@@ -336,7 +329,8 @@ class SignatureDetector(Stage[SignatureSettings]):
         owner = parse_memcg(memcg)
         if owner is None:
             return
-        rec.update(attribute(owner, self.ctx.services.get("kubernetes"), self.tails))
+        kubernetes = self.ctx.services.kubernetes
+        rec.update(attribute(owner, kubernetes.cache if kubernetes is not None else None, self.tails))
 
     # -- node conditions ------------------------------------------------------------------------------------
     def _set_condition(self, rec: Record, inc: Incident) -> None:
