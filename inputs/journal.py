@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from logagent import metrics
-from logagent.component import Emit, Input
+from logagent.component import Context, Emit, Input
 from logagent.config import Section
 from logagent.record import Batch, Record
 from logagent.timefmt import format_rfc3339_ns
@@ -141,7 +141,7 @@ class JournalInput(Input[JournalSettings]):
         section.done()
         return s
 
-    def __init__(self, name: str, settings: Any, ctx: Any) -> None:
+    def __init__(self, name: str, settings: JournalSettings, ctx: Context) -> None:
         super().__init__(name, settings, ctx)
         self._stopping = False
         self.opened = False  # the reader is positioned (for tests and status): entries written now will be read

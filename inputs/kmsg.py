@@ -22,10 +22,9 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from logagent import metrics
-from logagent.component import Emit, Input
+from logagent.component import Context, Emit, Input
 from logagent.config import Section
 from logagent.inputs.kmsgformat import FragmentJoiner, KmsgFormatError, KmsgRecord, parse_record
 from logagent.parsers.timestamps import NS_MAX, TIME_OUT_OF_RANGE
@@ -196,7 +195,7 @@ class KmsgInput(Input[KmsgSettings]):
         section.done()
         return s
 
-    def __init__(self, name: str, settings: Any, ctx: Any) -> None:
+    def __init__(self, name: str, settings: KmsgSettings, ctx: Context) -> None:
         super().__init__(name, settings, ctx)
         self._stopping = False
         self._wake: asyncio.Future[None] | None = None

@@ -34,7 +34,7 @@ import orjson
 
 from logagent import metrics
 from logagent.backoff import Backoff
-from logagent.component import Emit, Input
+from logagent.component import Context, Emit, Input
 from logagent.config import Section
 from logagent.kubernetes.api import ApiError, Gone
 from logagent.kubernetes.client import ApiAccess, ApiClient, node_name, parse_access
@@ -132,7 +132,7 @@ class KubeEventsInput(Input[KubeEventsSettings]):
         section.done()
         return s
 
-    def __init__(self, name: str, settings: KubeEventsSettings, ctx: Any) -> None:
+    def __init__(self, name: str, settings: KubeEventsSettings, ctx: Context) -> None:
         super().__init__(name, settings, ctx)
         self.identity = settings.identity or node_name(None)
         self.elector: LeaderElector | None = None

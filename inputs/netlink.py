@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from logagent import metrics
-from logagent.component import Emit, Input
+from logagent.component import Context, Emit, Input
 from logagent.config import Section
 from logagent.record import Batch, Record
 from logagent.timefmt import format_rfc3339_ns
@@ -164,7 +164,7 @@ class NetlinkInput(Input[NetlinkSettings]):
         section.done()
         return s
 
-    def __init__(self, name: str, settings: Any, ctx: Any) -> None:
+    def __init__(self, name: str, settings: NetlinkSettings, ctx: Context) -> None:
         super().__init__(name, settings, ctx)
         self._stop = asyncio.Event()
         self.opened = False  # links dumped and subscribed (for tests and status): changes from now are seen

@@ -49,6 +49,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
+from logagent.component import Context
 from logagent.config import Section
 from logagent.delivery import (
     ITEMS,
@@ -396,7 +397,7 @@ class ElasticsearchOutput(DeliveryOutput[ElasticsearchSettings, bytes]):
         section.done()
         return settings
 
-    def __init__(self, name: str, settings: ElasticsearchSettings, ctx: Any) -> None:
+    def __init__(self, name: str, settings: ElasticsearchSettings, ctx: Context) -> None:
         super().__init__(name, settings, ctx)
         self.codec = BulkCodec(settings)
         self.codec.name = name

@@ -69,6 +69,7 @@ import orjson
 import xxhash
 
 from logagent import metrics
+from logagent.component import Context
 from logagent.config import Section
 from logagent.delivery import (
     ITEMS,
@@ -434,7 +435,7 @@ class LokiOutput(DeliveryOutput[LokiSettings, Item]):
         section.done()
         return settings
 
-    def __init__(self, name: str, settings: LokiSettings, ctx: Any) -> None:
+    def __init__(self, name: str, settings: LokiSettings, ctx: Context) -> None:
         super().__init__(name, settings, ctx)
         self.codec = LokiPush(name, settings)
         self.delivery: Delivery[Item] = Delivery(name, settings.http, self.codec, ctx.dead_letter,

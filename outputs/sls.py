@@ -70,6 +70,7 @@ from typing import Any
 import orjson
 
 from logagent import metrics
+from logagent.component import Context
 from logagent.config import Section
 from logagent.delivery import (
     OK,
@@ -432,7 +433,7 @@ class SlsOutput(DeliveryOutput[SlsSettings, bytes]):
         section.done()
         return settings
 
-    def __init__(self, name: str, settings: SlsSettings, ctx: Any) -> None:
+    def __init__(self, name: str, settings: SlsSettings, ctx: Context) -> None:
         super().__init__(name, settings, ctx)
         self.codec = SlsPutLogs(name, settings)
         self.delivery: Delivery[bytes] = Delivery(name, settings.http, self.codec, ctx.dead_letter,
