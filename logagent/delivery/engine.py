@@ -60,16 +60,16 @@ class _Chunk:
         self.nbytes = nbytes
 
 
-class _Request:
+class _Request(Generic[Item]):
     __slots__ = ("key", "items", "spans", "nbytes")
 
     def __init__(self, key: str) -> None:
         self.key = key
-        self.items: list[Any] = []
+        self.items: list[Item] = []
         self.spans: list[list[Any]] = []  # [chunk, count] runs in item order
         self.nbytes = 0
 
-    def add(self, chunk: _Chunk, items: list[Any], nbytes: int) -> None:
+    def add(self, chunk: _Chunk, items: list[Item], nbytes: int) -> None:
         self.items.extend(items)
         if self.spans and self.spans[-1][0] is chunk:
             self.spans[-1][1] += len(items)
@@ -84,8 +84,8 @@ class _Request:
         return out
 
 
-def _from_owners(key: str, items: list[Any], owners: list[_Chunk], nbytes: int) -> _Request:
-    req = _Request(key)
+def _from_owners(key: str, items: list[Item], owners: list[_Chunk], nbytes: int) -> _Request[Item]:
+    req: _Request[Item] = _Request(key)
     req.items = items
     for chunk in owners:
         if req.spans and req.spans[-1][0] is chunk:
@@ -96,15 +96,15 @@ def _from_owners(key: str, items: list[Any], owners: list[_Chunk], nbytes: int) 
     return req
 
 
-class _Lane:
+class _Lane(Generic[Item]):
     """One partition key: the request being filled, the in-flight limit and the tasks sending."""
 
     def __init__(self, key: str, max_in_flight: int) -> None:
         self.key = key
-        self.pending: _Request | None = None
+        self.pending: _Request[Item] | None = None
         self.opened = 0.0
         self.slots = asyncio.Semaphore(max_in_flight)
-        self.cut: list[_Request] = []  # cut but waiting for a slot
+        self.cut: list[_Request[Item]] = []  # cut but waiting for a slot
         self.pump: asyncio.Task[None] | None = None
 
 
@@ -126,7 +126,7 @@ class Delivery(Generic[Item]):
         self.dead_letter = dead_letter
         self.on_permanent = on_permanent
         self.session: aiohttp.ClientSession | None = None
-        self._lanes: dict[str, _Lane] = {}
+        self._lanes: dict[str, _Lane[Item]] = {}
         self._buffered = 0  # item bytes accepted and not yet resolved
         self._space = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -230,16 +230,16 @@ class Delivery(Generic[Item]):
                 self._cut(lane)
         self._kick(lane)
 
-    def _cut(self, lane: _Lane) -> None:
+    def _cut(self, lane: _Lane[Item]) -> None:
         if lane.pending is not None and lane.pending.items:
             lane.cut.append(lane.pending)
         lane.pending = None
 
-    def _kick(self, lane: _Lane) -> None:
+    def _kick(self, lane: _Lane[Item]) -> None:
         if lane.cut and (lane.pump is None or lane.pump.done()):
             lane.pump = asyncio.create_task(self._pump(lane), name=f"delivery-pump:{self.output}:{lane.key}")
 
-    async def _pump(self, lane: _Lane) -> None:
+    async def _pump(self, lane: _Lane[Item]) -> None:
         """Start each cut request once the lane has a free in-flight slot (per key: tenants don't block)."""
         while lane.cut:
             await lane.slots.acquire()
@@ -260,7 +260,7 @@ class Delivery(Generic[Item]):
                     self._kick(lane)
 
     # -- sending --------------------------------------------------------------------------------------------
-    async def _deliver(self, lane: _Lane, req: _Request) -> None:
+    async def _deliver(self, lane: _Lane[Item], req: _Request[Item]) -> None:
         try:
             attempt = 0
             queue = [req]
@@ -324,14 +324,14 @@ class Delivery(Generic[Item]):
             v.reject = [(i, done[r] if r in done else done.setdefault(r, mask(r, secrets))) for i, r in v.reject]
         return v
 
-    async def _encode(self, req: _Request) -> Encoded:
+    async def _encode(self, req: _Request[Item]) -> Encoded:
         """Encode (and compress) off the event loop for big requests: a multi-MB gzip would stall every other
         lane and the inputs for tens of milliseconds. Re-done per attempt so signatures and dates are fresh."""
         if req.nbytes >= 256 * 1024:
             return await asyncio.to_thread(self.codec.encode, req.key, req.items)
         return self.codec.encode(req.key, req.items)
 
-    def _halves(self, req: _Request) -> list[_Request]:
+    def _halves(self, req: _Request[Item]) -> list[_Request[Item]]:
         owners = req.owners()
         mid = len(req.items) // 2
         per = req.nbytes // max(1, len(req.items))
@@ -339,7 +339,7 @@ class Delivery(Generic[Item]):
         return [_from_owners(req.key, req.items[mid:], owners[mid:], per * (len(req.items) - mid)),
                 _from_owners(req.key, req.items[:mid], owners[:mid], per * mid)]
 
-    async def _attempt(self, req: _Request, encoded: Encoded) -> Verdict:
+    async def _attempt(self, req: _Request[Item], encoded: Encoded) -> Verdict:
         assert self.session is not None
         headers = encoded.headers
         if self.settings.auth.token_file is not None:  # rotating token: the current one, per request
@@ -368,7 +368,7 @@ class Delivery(Generic[Item]):
                                                                       "status": response.status})
             return Verdict(RETRY, reason=f"unreadable response (HTTP {response.status}): {type(e).__name__}")
 
-    async def _apply(self, req: _Request, v: Verdict) -> _Request | None:
+    async def _apply(self, req: _Request[Item], v: Verdict) -> _Request[Item] | None:
         """Resolve what the verdict settled; return a request with what must be retried, or None."""
         if v.kind == OK:
             for chunk, n in req.spans:
@@ -406,7 +406,7 @@ class Delivery(Generic[Item]):
         return _from_owners(req.key, [req.items[i] for i in retry_idx], [owners[i] for i in retry_idx],
                             per * len(retry_idx))
 
-    async def _reject_all(self, req: _Request, reason: str) -> None:
+    async def _reject_all(self, req: _Request[Item], reason: str) -> None:
         await self._dead_letter(req.key, req.items, reason)
         for chunk, n in req.spans:
             self._settle(chunk, n, confirmed=False)
