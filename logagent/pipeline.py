@@ -454,28 +454,9 @@ class Pipeline:
             view = Batch(batch.tag, batch.records, batch.meta, AckToken(_release(ro.unacked, nbytes, share)), nbytes)
             await ro.queue.put(view)
 
-    # -- operations and reload (logagent.operations, logagent.hotreload) ------------------------------------
-    def health(self) -> tuple[bool, str]:
-        return self.ops.health()
-
-    def readiness(self) -> tuple[bool, dict[str, str]]:
-        return self.ops.readiness()
-
+    # -- operations and reload: `self.ops` (logagent.operations), `self.reloader` (logagent.hotreload) ------------
     def request_reload(self) -> None:
         self.reloader.request()
-
-    async def reload_from_file(self) -> bool:
-        return await self.reloader.reload_from_file()
-
-    async def reload(self, new_cfg: AgentConfig) -> None:
-        await self.reloader.apply(new_cfg)
-
-    # kept for callers of the former private names
-    async def _start_operations(self) -> None:
-        await self.ops.start()
-
-    async def _stop_operations(self) -> None:
-        await self.ops.stop()
 
 
 def _release(window: ByteWindow, nbytes: int, share: AckToken) -> Callable[[], None]:

@@ -209,15 +209,15 @@ async def test_a_stalled_event_loop_makes_the_pipeline_unhealthy_until_it_runs_a
         "outputs": [{"type": "file", "name": "sink", "path": str(tmp_path / "out.jsonl")}],
     }, "test")
     pipeline = Pipeline(cfg)
-    await pipeline._start_operations()
+    await pipeline.ops.start()
     await pipeline.start()
     try:
-        assert pipeline.health() == (True, "ok")
+        assert pipeline.ops.health() == (True, "ok")
         time.sleep(1.5)  # the stall under test: a synchronous call blocking the event loop
-        ok, reason = pipeline.health()
+        ok, reason = pipeline.ops.health()
         assert ok is False and reason.startswith("event loop stalled"), reason
-        await async_wait_for(lambda: pipeline.health()[0], 10, 0.05, "the heartbeat to tick again")
+        await async_wait_for(lambda: pipeline.ops.health()[0], 10, 0.05, "the heartbeat to tick again")
     finally:
         pipeline.request_stop()
         await pipeline.shutdown()
-        await pipeline._stop_operations()
+        await pipeline.ops.stop()
