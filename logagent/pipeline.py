@@ -225,7 +225,7 @@ class Pipeline:
 
     # -- components -----------------------------------------------------------------------------------------
     def start_input(self, comp: ComponentConfig) -> None:
-        inp: Input[Any] = registry.build(comp, self.ctx)
+        inp = registry.build_input(comp, self.ctx)
         ri = _RunningInput(comp, inp)
 
         async def restart() -> Callable[[], Awaitable[None]]:
@@ -272,7 +272,7 @@ class Pipeline:
             log.warning("restarting the input before all it emitted was acknowledged; unacknowledged records "
                         "are read again", extra={"input": name, "pending": tracker.pending()})
         tracker.listeners.clear()  # the failed instance's; the new one registers its own
-        ri.input = registry.build(ri.comp, self.ctx)
+        ri.input = registry.build_input(ri.comp, self.ctx)
 
     async def stop_input(self, name: str, deadline: float) -> None:
         ri = self.inputs.pop(name)
@@ -291,7 +291,7 @@ class Pipeline:
         self.health_state.set("input", name, STOPPED)
 
     async def start_stage(self, comp: ComponentConfig) -> _RunningStage:
-        stage = registry.build(comp, self.ctx)
+        stage = registry.build_stage(comp, self.ctx)
         await stage.start()
         self.health_state.set("stage", comp.name, RUNNING)
         return _RunningStage(comp, stage, comp.match)
@@ -304,7 +304,7 @@ class Pipeline:
         self.health_state.set("stage", rs.comp.name, STOPPED)
 
     async def start_output(self, comp: ComponentConfig, register: bool = True) -> _RunningOutput:
-        out: Output[Any] = registry.build(comp, self.ctx)
+        out = registry.build_output(comp, self.ctx)
         await out.start()
         limits = self.config.limits
         ro = _RunningOutput(comp, out, asyncio.Queue(maxsize=limits.output_queue_batches),

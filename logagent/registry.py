@@ -1,11 +1,13 @@
 """Component types by name. Types are imported lazily so that a missing optional dependency (systemd-python)
-only matters to configs that use it."""
+only matters to configs that use it; each is checked against its kind's base class when it is loaded, so what
+`build_input`/`build_stage`/`build_output` return is typed (`Input`/`Stage`/`Output`), not `Any`."""
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
+from logagent.component import Component, Context, Input, Output, Stage
 from logagent.config import AgentConfig, ComponentConfig, ConfigError
 
 INPUTS: dict[str, str] = {
@@ -31,9 +33,10 @@ OUTPUTS: dict[str, str] = {
     "sidecar": "logagent.outputs.sidecar:SidecarOutput",
 }
 _TABLES = {"input": INPUTS, "stage": STAGES, "output": OUTPUTS}
+_BASES: dict[str, type] = {"input": Input, "stage": Stage, "output": Output}
 
 
-def component_class(comp: ComponentConfig) -> Any:
+def component_class(comp: ComponentConfig) -> type[Component[Any]]:
     target = _TABLES[comp.kind][comp.type]
     module_name, _, cls_name = target.partition(":")
     try:
@@ -43,7 +46,11 @@ def component_class(comp: ComponentConfig) -> Any:
             f"{comp.section.file}: {comp.section.path}.type: {comp.kind} type {comp.type!r} is not available "
             f"here: {e}"
         ) from None
-    return getattr(module, cls_name)
+    cls = getattr(module, cls_name)
+    base = _BASES[comp.kind]
+    if not (isinstance(cls, type) and issubclass(cls, base) and issubclass(cls, Component)):
+        raise TypeError(f"registry: {target} is not a subclass of {base.__name__}")  # a bug here, not in the config
+    return cls
 
 
 def parse_settings(comp: ComponentConfig) -> Any:
@@ -59,6 +66,27 @@ def validate(cfg: AgentConfig) -> None:
     parse_server_settings(cfg.http)
 
 
-def build(comp: ComponentConfig, ctx: Any) -> Any:
+def build_input(comp: ComponentConfig, ctx: Context) -> Input[Any]:
+    built = _build(comp, ctx)
+    if not isinstance(built, Input):  # component_class checked its class: not reached
+        raise TypeError(f"registry: {comp.type!r} built a {type(built).__name__}, not an Input")
+    return built
+
+
+def build_stage(comp: ComponentConfig, ctx: Context) -> Stage[Any]:
+    built = _build(comp, ctx)
+    if not isinstance(built, Stage):  # component_class checked its class: not reached
+        raise TypeError(f"registry: {comp.type!r} built a {type(built).__name__}, not a Stage")
+    return built
+
+
+def build_output(comp: ComponentConfig, ctx: Context) -> Output[Any]:
+    built = _build(comp, ctx)
+    if not isinstance(built, Output):  # component_class checked its class: not reached
+        raise TypeError(f"registry: {comp.type!r} built a {type(built).__name__}, not an Output")
+    return built
+
+
+def _build(comp: ComponentConfig, ctx: Context) -> Component[Any]:
     cls = component_class(comp)
     return cls(comp.name, cls.parse_settings(comp.section), ctx)
