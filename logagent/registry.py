@@ -5,7 +5,7 @@ only matters to configs that use it; each is checked against its kind's base cla
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, NoReturn
 
 from logagent.component import Component, Context, Input, Output, Stage
 from logagent.config import AgentConfig, ComponentConfig, ConfigError
@@ -68,23 +68,21 @@ def validate(cfg: AgentConfig) -> None:
 
 def build_input(comp: ComponentConfig, ctx: Context) -> Input[Any]:
     built = _build(comp, ctx)
-    if not isinstance(built, Input):  # component_class checked its class: not reached
-        raise TypeError(f"registry: {comp.type!r} built a {type(built).__name__}, not an Input")
-    return built
+    return built if isinstance(built, Input) else _wrong_kind(comp, built)
 
 
 def build_stage(comp: ComponentConfig, ctx: Context) -> Stage[Any]:
     built = _build(comp, ctx)
-    if not isinstance(built, Stage):  # component_class checked its class: not reached
-        raise TypeError(f"registry: {comp.type!r} built a {type(built).__name__}, not a Stage")
-    return built
+    return built if isinstance(built, Stage) else _wrong_kind(comp, built)
 
 
 def build_output(comp: ComponentConfig, ctx: Context) -> Output[Any]:
     built = _build(comp, ctx)
-    if not isinstance(built, Output):  # component_class checked its class: not reached
-        raise TypeError(f"registry: {comp.type!r} built a {type(built).__name__}, not an Output")
-    return built
+    return built if isinstance(built, Output) else _wrong_kind(comp, built)
+
+
+def _wrong_kind(comp: ComponentConfig, built: Component[Any]) -> NoReturn:
+    raise TypeError(f"registry: {comp.kind} type {comp.type!r} built a {type(built).__name__}")
 
 
 def _build(comp: ComponentConfig, ctx: Context) -> Component[Any]:
