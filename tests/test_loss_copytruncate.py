@@ -5,7 +5,9 @@ logrotate's own window (lines written between its copy and its truncation, which
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from logagent import metrics
 from logagent.config import parse_config
 from logagent.pipeline import Pipeline
 from tests.helpers import async_wait_for
-from tests.loss_support import TimedReceiver, es_agent_config
+from tests.loss_support import AgentProcess, CopyTruncate, Stored, TimedReceiver, es_agent_config, kill_loop, line_id
 from tests.receivers.es import BulkReceiver
 
 
@@ -95,3 +97,165 @@ async def test_copytruncate_unread_tail_is_finished_from_the_copy_live(tmp_path:
     messages = sorted(d["message"].split()[0] + d["message"].split()[1] for d in rec.docs.values())
     assert messages == sorted([f"old{i:05d}" for i in range(20_000)] + [f"new{i:05d}" for i in range(100)])
     assert _counter("logagent_file_rotations_total", input="logs", kind="copytruncate_copy") >= 1
+
+
+async def test_copytruncate_with_kill_9_at_random_moments_loses_nothing_beyond_logrotates_window(
+        tmp_path: Path) -> None:
+    """logrotate's copytruncate every 1.5 s (5 copies kept) under a writer at 4,000 lines/s, and the real agent
+    `kill -9`ed at random moments (each restart at once): every line reaches the receiver except those logrotate
+    itself loses (written between its copy and its truncation: in neither file, recorded by the rotator line by
+    line), and none is stored twice (replays after a kill are answered 409 on their ids)."""
+    rec = await TimedReceiver().start()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    writer = CopyTruncate(logs, lines=40_000, rate=4000, every=1.5, keep=5)
+    agent = AgentProcess(tmp_path, es_agent_config(tmp_path, rec.url, [str(logs / "*.log")], fmt="raw")).start()
+
+    def stored_ids() -> set[str]:
+        return {line_id(d["message"]) for d in list(rec.docs.values())}
+
+    try:
+        await async_wait_for(agent.started, timeout=30, what="agent started")
+        writer.start()
+
+        def caught_up() -> bool:  # within about one second of the writer
+            return len(rec.docs) >= writer.written - 4000 - len(writer.window)
+
+        await asyncio.to_thread(kill_loop, agent, 6, lambda: not writer.done.is_set(), random.Random("ct-kill"),
+                                0.3, 1.2, caught_up)
+        await asyncio.to_thread(writer.join, 60)
+        want = set(writer.expected) - writer.window
+        try:  # distinct lines, not documents: a line stored twice must not stand in for one never stored
+            await async_wait_for(lambda: want <= stored_ids() or not agent.alive(), timeout=45, interval=0.2,
+                                 what="every line outside logrotate's window stored")
+        except AssertionError:
+            pass  # what is missing is reported below, line by line
+        assert agent.alive(), agent.log_tail()
+    finally:
+        code = agent.stop()
+        await rec.stop()
+    assert code == 0, agent.log_tail()
+    stored = Stored.check(rec, writer.expected)
+    beyond = [i for i in stored.lost if i not in writer.window]
+    assert writer.rotations >= 6 and agent.kills >= 3, (writer.rotations, agent.kills)
+    assert beyond == [], Stored(beyond, [], stored.total).summary() + "\n" + agent.log_tail()
+    assert stored.duplicated == [], f"{len(stored.duplicated)} lines stored twice, e.g. {stored.duplicated[:5]}"
+    assert rec.auto_docs == []
+    print(f"copytruncate + kill -9 x{agent.kills}: {stored.total} lines, {writer.rotations} rotations, "
+          f"{len(stored.lost)} lost, all in logrotate's window ({len(writer.window)} lines), 0 stored twice, "
+          f"{rec.conflicts} replays answered 409")
+
+
+def _append(path: Path, start: int, n: int) -> int:
+    with open(path, "ab") as f:
+        f.write("".join(f"L{i:07d} {'y' * 100}\n" for i in range(start, start + n)).encode())
+    return start + n
+
+
+def _logrotate(path: Path, keep: int = 5, compress: bool = False) -> None:
+    """logrotate `copytruncate` (+ `compress` with `delaycompress`): the numbered copies shift up (`.2` and older
+    gzipped), the file is copied to `.1`, then truncated."""
+    d, name = path.parent, path.name
+
+    def numbered(n: int) -> Path:
+        plain = d / f"{name}.{n}"
+        return plain if plain.exists() or not (d / f"{name}.{n}.gz").exists() else d / f"{name}.{n}.gz"
+
+    for n in range(keep, 0, -1):
+        src = numbered(n)
+        if not src.exists():
+            continue
+        if n == keep:
+            src.unlink()
+            continue
+        dest = d / (f"{name}.{n + 1}" + (".gz" if src.suffix == ".gz" else ""))
+        os.rename(src, dest)
+        if compress and dest.suffix != ".gz":
+            with open(dest, "rb") as raw, gzip.open(f"{dest}.gz", "wb") as gz:
+                gz.write(raw.read())
+            dest.unlink()
+    with open(path, "rb") as src_f, open(d / f"{name}.1", "wb") as dst_f:
+        dst_f.write(src_f.read())
+    os.truncate(path, 0)
+
+
+async def test_copytruncate_restart_cases_each_kill_9_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    """The agent `kill -9`ed at each step of a copytruncate, and restarted once logrotate has gone on: (a) after the
+    copy was made, before the truncation; (b) after the truncation, before it was noticed; (c) while the unread
+    tail was being finished from the copy; (d) after logrotate shifted the copies and compressed the older ones.
+    The stored position (inode, offset, fingerprint, generation id) is matched against the live file and every
+    copy: each line arrives once, the copies of generations already read are not read again under other ids."""
+    rec = await TimedReceiver().start()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log = logs / "app.log"
+    agent = AgentProcess(tmp_path, es_agent_config(tmp_path, rec.url, [str(logs / "*.log")], fmt="raw",
+                                                   poll_interval="200ms"))
+    n = _append(log, 0, 2000)
+
+    def stored() -> set[str]:
+        return {line_id(d["message"]) for d in list(rec.docs.values())}
+
+    async def restart() -> None:
+        agent.start()
+        await async_wait_for(agent.started, timeout=30, what="agent started")
+
+    async def all_stored(what: str) -> None:
+        await async_wait_for(lambda: len(stored()) >= n or not agent.alive(), timeout=30, interval=0.1, what=what)
+        assert agent.alive(), agent.log_tail()
+
+    try:
+        await restart()
+        await all_stored("first lines")
+        # (a) killed, then logrotate copies; the agent starts again before the truncation
+        agent.kill9()
+        n = _append(log, n, 500)  # written while the agent was down: in the file and in the copy
+        with open(log, "rb") as src, open(logs / "app.log.1", "wb") as dst:
+            dst.write(src.read())
+        await restart()
+        await all_stored("(a) lines written while down, read from the file")
+        os.truncate(log, 0)
+        n = _append(log, n, 1000)
+        await all_stored("(a) the new generation")
+        # (b) killed; more lines, logrotate copies and truncates, the writer goes on; the agent never saw it
+        agent.kill9()
+        n = _append(log, n, 3000)
+        _logrotate(log)
+        n = _append(log, n, 500)
+        await restart()
+        await all_stored("(b) the unread tail from the copy, the new generation from the file")
+        # (c) killed while finishing a long unread tail from the copy (behind a slow backend)
+        agent.kill9()
+        n = _append(log, n, 30_000)
+        _logrotate(log)
+        rec.plan = [("slow", 0.3)] * 40
+        before = len(stored())
+        await restart()
+        await async_wait_for(lambda: len(stored()) > before + 2000, timeout=30, what="(c) the copy being read")
+        agent.kill9()
+        rec.plan = []
+        await restart()
+        await all_stored("(c) the rest of the copy")
+        # (d) killed; logrotate shifts the copies, compresses the older ones (delaycompress: `.1` stays plain)
+        agent.kill9()
+        n = _append(log, n, 1000)
+        _logrotate(log, compress=True)
+        n = _append(log, n, 200)
+        await restart()
+        await all_stored("(d) the copy made while down, the new generation")
+        # and once more while it runs
+        n = _append(log, n, 300)
+        await all_stored("before the last rotation")
+        _logrotate(log, compress=True)
+        n = _append(log, n, 200)
+        await all_stored("lines written after the last rotation")
+    finally:
+        code = agent.stop()
+        await rec.stop()
+    assert code == 0, agent.log_tail()
+    check = Stored.check(rec, [f"L{i:07d}" for i in range(n)])
+    assert check.lost == [], check.summary() + "\n" + agent.log_tail()
+    assert check.duplicated == [], f"{len(check.duplicated)} lines stored twice, e.g. {check.duplicated[:5]}"
+    assert sorted(p.name for p in logs.iterdir()) == [
+        "app.log", "app.log.1", "app.log.2.gz", "app.log.3.gz", "app.log.4.gz", "app.log.5.gz"]
+    assert rec.conflicts > 0  # the kills made the agent send lines again; each was answered 409

@@ -83,7 +83,9 @@ def locate(stored: StoredPosition) -> str | None:
         d = os.path.dirname(p)
         if d not in dirs:
             dirs.append(d)
-    same_size: list[str] = []
+    longer: list[str] = []
+    shorter: list[str] = []  # a copy taken before our last read of the original: fully read, but known
+    truncated = False  # the stored inode is there with other bytes: copytruncate (else a shorter file is another)
     for d in dirs:
         try:
             entries = list(os.scandir(d))
@@ -99,10 +101,11 @@ def locate(stored: StoredPosition) -> str | None:
             if (st.st_dev, st.st_ino) == (stored.dev, stored.ino):
                 if _fingerprint_ok(entry.path, stored):
                     return entry.path
-            elif stored.fp is not None and stored.fp.length > 0 and st.st_size >= stored.offset:
-                same_size.append(entry.path)
+                truncated = True
+            elif stored.fp is not None and stored.fp.length > 0 and st.st_size >= stored.fp.length:
+                (longer if st.st_size >= stored.offset else shorter).append(entry.path)
     # A copy (copytruncate's x.log.1) has other inode numbers but the same bytes.
-    for path in same_size:
+    for path in longer + (shorter if truncated else []):
         if _fingerprint_ok(path, stored):
             return path
     return None

@@ -99,6 +99,10 @@ class Opener:
             if stored.key != key:
                 # found as a copy (other inode, same bytes): its position moves to the copy's identity
                 self.tracker.forget(stored.key)
+                if offset > st.st_size:
+                    # a copy taken before our last read of the original: nothing in it is unread (what we read
+                    # past its end was written after logrotate's copy, and is in no file any more)
+                    offset, skip = st.st_size, False
         elif committed is not None and verify(fd, committed):
             offset, skip = committed.offset, committed.skip
             source_id, parent = committed.sid, committed.parent

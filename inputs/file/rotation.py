@@ -5,14 +5,18 @@
 - **delete**: the same, through the descriptor (the bytes stay readable until it is closed).
 - **truncation** (copytruncate; a file rewritten from the start): the bytes after our offset now live only in the
   copy, if there is one. The copy is looked for at once, in the file's directory: a regular file, another inode,
-  at least as long as our offset, starting with the same bytes (fingerprint); the newest if several. It takes
-  over the old generation exactly where we were (offset, parser state, records not emitted yet, source id) and is
-  read to its end like a renamed file. The truncated file goes on as a new generation from offset 0, with a source
-  id of its own (`identity`). Without a copy, the unread bytes are gone: counted
-  (`logagent_file_dropped_bytes_total{reason="truncated_unread"}`) and logged.
+  starting with the same bytes (fingerprint); the newest if several. It takes over the old generation exactly
+  where we were (offset, parser state, records not emitted yet, source id) and is read to its end like a renamed
+  file. A copy shorter than our offset (logrotate copied before our last read) holds nothing unread; it is taken
+  over all the same, its stored offset capped at its size, so a restart knows it. The truncated file goes on as a
+  new generation from offset 0, with a source id of its own (`identity`). Without a copy, the unread bytes are
+  gone: counted (`logagent_file_dropped_bytes_total{reason="truncated_unread"}`) and logged.
 - **while the agent was down** (`restore`): a stored file is looked for by inode, then by fingerprint (a copy) in
   the directories it lived in, and finished from its stored offset; an inode that now holds another generation is
   read from 0 under a source id derived from the stored one, so replays give the same ids as the first run did.
+  copytruncate copies made while the agent was down, newer than the stored generation's copy, are the
+  generations that followed it: named in order as the live file named them (`_chain`); a copy of the generation
+  being read (copied, not yet truncated) is left to the truncation (`_read_already`).
 
 This module never reads records or emits anything.
 """
@@ -29,7 +33,8 @@ from logagent import metrics
 from logagent.checkpoint import PositionTracker
 from logagent.inputs.file.checkpoints import STARTED_KEY, StoredPosition, file_key, locate, position
 from logagent.inputs.file.files import Tails
-from logagent.inputs.file.fingerprint import matches
+from logagent.inputs.file.fingerprint import matches, read_head
+from logagent.inputs.file.identity import source_id
 from logagent.inputs.file.opening import Opener
 from logagent.inputs.file.tail import Tail
 
@@ -45,6 +50,7 @@ class Rotation:
         self.opener = opener
         self.tracker = tracker
         self._retired = 0
+        self._families: dict[str, tuple[int, int, str, str]] = {}  # restore: name -> copytruncate family
 
     # -- rename and delete ----------------------------------------------------------------------------------
     def renamed(self, tail: Tail) -> None:
@@ -81,6 +87,10 @@ class Rotation:
         self.tails.mark(tail.key)
 
     def _find_copy(self, tail: Tail) -> tuple[str, int, os.stat_result] | None:
+        """The copy of `tail`'s generation in its directory: a regular file, another inode, starting with the same
+        bytes; the newest if several. It may be shorter than our offset: we read, from the original, bytes written
+        after logrotate's copy (then the copy holds nothing unread, and is taken over all the same, so a restart
+        knows it for a generation already read instead of a file never seen)."""
         directory = os.path.dirname(tail.real)
         best: tuple[float, str, int, os.stat_result] | None = None
         try:
@@ -94,7 +104,7 @@ class Rotation:
                 continue
             if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) == (tail.dev, tail.ino):
                 continue
-            if st.st_size < tail.read_offset or file_key(st.st_dev, st.st_ino) in self.tails.tails:
+            if st.st_size < tail.fp.length or file_key(st.st_dev, st.st_ino) in self.tails.tails:
                 continue
             try:  # the entry itself, never what a link swapped in after the lstat points at
                 fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
@@ -104,10 +114,10 @@ class Rotation:
             if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
                 os.close(fd)  # replaced between the lstat and the open
                 continue
-            if matches(fd, tail.fp) and (best is None or st.st_mtime > best[0]):
+            if tail.fp.length and matches(fd, tail.fp) and (best is None or st.st_mtime > best[0]):
                 if best is not None:
                     os.close(best[2])
-                best = (st.st_mtime, entry.path, fd, st)
+                best = (st.st_mtime, entry.path, fd, opened)
             else:
                 os.close(fd)
         return None if best is None else best[1:]
@@ -121,14 +131,19 @@ class Rotation:
                    meta=tail.meta, fingerprint_bytes=tail.fingerprint_bytes, orphaned=True, last_growth=now,
                    size=st.st_size, pending=tail.pending, pending_bytes=tail.pending_bytes, started=True,
                    carry=tail.carry, parent_sid=tail.parent_sid, opened_at=now, waits_for=tail.pos_key)
+        if st.st_size < tail.read_offset:
+            old.end = st.st_size  # a copy taken before our last read: nothing in it is unread
         if old.source_id is None:
             old.fix_source_id(final=False)
         # its stored position: the acknowledged one of the old generation (what is emitted and not yet
-        # acknowledged may still have to be read again), under the copy's identity
+        # acknowledged may still have to be read again), under the copy's identity; a position stored for an
+        # earlier generation of the inode says nothing about this one
         committed = self.tracker.committed.get(tail.pos_key)
-        acked = committed.get("offset", 0) if isinstance(committed, dict) else 0
-        acked = acked if isinstance(acked, int) and 0 <= acked <= tail.read_offset else 0
-        pos = position(tail.path, path, acked, st.st_dev, st.st_ino, tail.fp, False)
+        acked = 0
+        if isinstance(committed, dict) and tail.source_id is not None and committed.get("sid") == tail.source_id:
+            offset = committed.get("offset", 0)
+            acked = offset if isinstance(offset, int) and 0 <= offset <= tail.read_offset else 0
+        pos = position(tail.path, path, min(acked, st.st_size), st.st_dev, st.st_ino, tail.fp, False)
         if old.source_id is not None:
             pos["sid"] = old.source_id
         if old.parent_sid is not None:
@@ -171,6 +186,10 @@ class Rotation:
         stored_all.sort(key=lambda sv: not _at_own_inode(sv[0]))
         for stored, _ in stored_all:
             where = locate(stored)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("restore: stored position", extra={"key": stored.key, "stored_path": stored.real,
+                          "offset": stored.offset, "fp": stored.fp.encode() if stored.fp else "", "sid": stored.sid,
+                          "parent": stored.parent, "found": where})
             if where is None:
                 if _inode_exists(stored) and stored.sid:
                     # the inode holds a newer generation (truncated while we were down, old bytes gone)
@@ -189,6 +208,8 @@ class Rotation:
                 continue
             if _inode_exists(stored) and stored.sid and not _at(where, stored):
                 self.opener.parents.setdefault(stored.key, stored.sid)
+                # copytruncate: the live inode's stored generation is in a copy; newer copies follow it (`_chain`)
+                self._families.setdefault(stored.path, (stored.dev, stored.ino, stored.sid, where))
             # a file found under another name was rotated out of the glob while we were down: finish it under
             # its old name (which names the source for metadata)
             orphaned = not _same_file(where, stored.path)
@@ -231,24 +252,93 @@ class Rotation:
                 entries = list(os.scandir(directory))
             except OSError:
                 continue
-            for entry in sorted(entries, key=lambda e: e.name):
+            siblings: list[tuple[float, str, os.stat_result]] = []
+            for entry in entries:
                 if not entry.name.startswith(base + ".") or entry.name.endswith(_COMPRESSED):
                     continue
                 try:
                     info = entry.stat(follow_symlinks=False)
                 except OSError:
                     continue
-                if not stat.S_ISREG(info.st_mode) or file_key(info.st_dev, info.st_ino) in known \
-                        or info.st_mtime <= moment:
+                if stat.S_ISREG(info.st_mode):
+                    siblings.append((info.st_mtime, entry.path, info))
+            siblings.sort()
+            family = self._families.get(name)
+            if family is not None:
+                self._chain(name, family, siblings, known)
+            for mtime, path, info in siblings:
+                if file_key(info.st_dev, info.st_ino) in known or mtime <= moment or self._read_already(name, path):
                     continue
-                tail = self.opener.open(entry.path, name=name, orphaned=True, known=self.tails.tails.get)
-                if tail is None or tail.key in self.tails.tails:
-                    continue
-                known.add(tail.key)
-                self.tails.add(tail)
-                metrics.ROTATIONS.labels(input=self.name, kind="rotated_while_down").inc()
-                log.info("reading a rotated file no position names (created and rotated while the agent was down)",
-                         extra={"path": name, "now_at": entry.path})
+                self._open_unknown(name, path, known)
+
+    def _chain(self, name: str, family: tuple[int, int, str, str], siblings: list[tuple[float, str, os.stat_result]],
+               known: set[str]) -> None:
+        """copytruncate while the agent was down: the stored generation of the live inode was found in a copy
+        (`family`: the inode's dev, ino, that generation's source id, the copy). The copies newer than it hold
+        the generations after it, oldest first: each is named as the live file named it when it was truncated
+        (`identity`: the inode, its first line, the generation before), so what a killed run had shipped from it
+        before its position reached the disk gets the same ids again (replays, not duplicates)."""
+        dev, ino, sid, where = family
+        try:
+            after = os.stat(where).st_mtime
+        except OSError:
+            return
+        prev = sid
+        for mtime, path, info in siblings:
+            if mtime <= after or path == where:
+                continue
+            key = file_key(info.st_dev, info.st_ino)
+            open_tail = self.tails.tails.get(key)
+            if open_tail is not None:
+                prev = open_tail.source_id or prev
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                head = read_head(fd, self.opener.settings.fingerprint_bytes)
+            finally:
+                os.close(fd)
+            gen = source_id(dev, ino, head, prev, len(head) >= self.opener.settings.fingerprint_bytes)
+            if gen is None:
+                continue  # not even one complete line: read as an unknown file
+            stored = StoredPosition(key, name, path, 0, info.st_dev, info.st_ino, None, False, gen, prev)
+            tail = self.opener.open(path, name=name, stored=stored, orphaned=True, known=self.tails.tails.get)
+            if tail is None or tail.key in self.tails.tails:
+                continue
+            known.add(tail.key)
+            self.tails.add(tail)
+            prev = gen
+            metrics.ROTATIONS.labels(input=self.name, kind="rotated_while_down").inc()
+            log.info("finishing a copytruncate copy made while the agent was down",
+                     extra={"path": name, "now_at": path})
+        self.opener.parents[file_key(dev, ino)] = prev
+
+    def _read_already(self, name: str, path: str) -> bool:
+        """`path` starts with the bytes of a generation of `name` being read (a copy made but not yet truncated:
+        the original is read, and its copy taken over if it is truncated)."""
+        fps = [t.fp for t in self.tails.tails.values() if t.path == name and t.readable and t.fp.length]
+        if not fps:
+            return False
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            return any(matches(fd, fp) for fp in fps)
+        finally:
+            os.close(fd)
+
+    def _open_unknown(self, name: str, path: str, known: set[str]) -> None:
+        tail = self.opener.open(path, name=name, orphaned=True, known=self.tails.tails.get)
+        if tail is None or tail.key in self.tails.tails:
+            return
+        known.add(tail.key)
+        self.tails.add(tail)
+        metrics.ROTATIONS.labels(input=self.name, kind="rotated_while_down").inc()
+        log.info("reading a rotated file no position names (created and rotated while the agent was down)",
+                 extra={"path": name, "now_at": path})
 
 
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")

@@ -53,6 +53,7 @@ class Tail:
     pos_key: str = ""  # checkpoint key ("dev:ino"); differs from `key` for a retired generation
     waits_for: str = ""  # another checkpoint key whose batches hold records of this file (a copy: the original's)
     readable: bool = True  # False: a retired generation whose bytes are gone; only its pending records remain
+    end: int | None = None  # a copytruncate copy shorter than where we were: its stored offset never passes it
     opened_at: float = 0.0
 
     def __post_init__(self) -> None:
@@ -172,6 +173,10 @@ class Tail:
     def position(self) -> dict[str, Any]:
         offset = self.safe_offset()
         skip = self.splitter.skipping and offset == self.splitter.consumed
+        if self.end is not None and offset > self.end:
+            # every byte of this (short) copy was read from the original before it was truncated; what we
+            # read beyond it was written after logrotate's copy: it is in no file any more
+            offset, skip = self.end, False
         pos = position(self.path, self.real, offset, self.dev, self.ino, self.fp, skip)
         if self.source_id is not None:
             pos["sid"] = self.source_id
