@@ -451,7 +451,8 @@ class Pipeline:
         nbytes = batch.nbytes
         for ro, share in zip(targets, shares):
             await ro.unacked.acquire(nbytes)
-            view = Batch(batch.tag, batch.records, batch.meta, AckToken(_release(ro.unacked, nbytes, share)), nbytes)
+            view = Batch(batch.tag, batch.records, batch.meta, AckToken(_release(ro.unacked, nbytes, share)), nbytes,
+                         batch.flagged)
             await ro.queue.put(view)
 
     # -- operations and reload: `self.ops` (logagent.operations), `self.reloader` (logagent.hotreload) ------------

@@ -107,6 +107,8 @@ class Batch:
     tag:   routing key; outputs select batches by glob on it (e.g. `kube.default.web.nginx`, `kernel`).
     meta:  fields shared by all records; `meta["source_id"]` names the source for deterministic ids and
            `meta["pos_key"]` names the record field holding the position ("offset", "seq", "cursor").
+    flagged: how many records the input flagged (`flags`), when it counted them (None: not counted). 0 lets the
+           outputs skip looking for records they must not ship (`logagent.delivery.output`): no per-record pass.
     """
 
     tag: str
@@ -114,6 +116,7 @@ class Batch:
     meta: dict[str, Any] = field(default_factory=dict)
     ack: AckToken = field(default_factory=noop_token)
     nbytes: int = 0
+    flagged: int | None = None
 
     def shipped_meta(self) -> dict[str, Any]:
         """The shared fields that are shipped with every record (internal keys left out)."""

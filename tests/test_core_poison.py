@@ -1,10 +1,10 @@
 """No single record can end a task (issue 9, item 6).
 
 - A CRI/docker timestamp outside the signed 64-bit nanosecond range (year 9999, year 1012) is clamped at parse time
-  and the record flagged `time_out_of_range`: Elasticsearch stores it (its `date` type takes year 9999); Loki
-  refuses year 9999 as "timestamp too new" and the agent cannot encode year 1012 in a protobuf timestamp, so both
-  are dead-lettered with the reason, and every other line arrives. The agent is the real one, the backends are
-  the receivers on 127.0.0.1.
+  and the record flagged `time_out_of_range`, so no encoder raises; every HTTP output (Elasticsearch, Loki, SLS)
+  dead-letters such a record with reason `time_out_of_range` (the record as read: message and the runtime's time
+  string verbatim), counted in `logagent_dead_lettered_records_total`, and every other line arrives. The agent is
+  the real one, the backends are the receivers on 127.0.0.1.
 - A record an encoder cannot encode at all (an integer beyond 64 bits) is dead-lettered with the encoder's error;
   the rest of its batch ships.
 - The dead-letter writer never raises: unserializable records are still written, a failing write is counted.
@@ -14,9 +14,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,9 +29,11 @@ from logagent.parsers.docker import DockerJoiner
 from logagent.parsers.timestamps import NS_MAX, NS_MIN
 from logagent.record import AckToken, Batch
 from tests.helpers import async_wait_for
+from tests.ops_support import Agent, agent_base_url, sample, scrape
 from tests.receivers.es import BulkReceiver
 from tests.receivers.harness import build_output, dead_letters, make_context
 from tests.receivers.loki import LokiReceiver
+from tests.receivers.sls import SlsReceiver
 
 GOOD = 300
 FUTURE = "9999-12-31T23:59:59.999999999Z stdout F poison from the year 9999"
@@ -51,23 +50,17 @@ def _write(path: Path, lines: list[str]) -> None:
         fh.write("".join(line + "\n" for line in lines))
 
 
-def _agent(tmp_path: Path, output: dict[str, Any]) -> subprocess.Popen[bytes]:
-    cfg = {"state_dir": str(tmp_path / "state"), "checkpoint_interval": "50ms", "http": {"enabled": False},
+def _agent(tmp_path: Path, output: dict[str, Any]) -> Agent:
+    cfg = {"state_dir": str(tmp_path / "state"), "checkpoint_interval": "50ms", "http": {"address": "127.0.0.1:0"},
            "inputs": [{"type": "file", "name": "pods", "paths": [str(tmp_path / "logs" / "*.log")],
                        "format": "cri", "poll_interval": "200ms"}],
            "outputs": [output]}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    return subprocess.Popen([sys.executable, "-m", "logagent", "run", "-c", str(tmp_path / "cfg.yaml")],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "agent.log", "ab"))
+    return Agent(tmp_path / "cfg.yaml", tmp_path)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> int:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
+def _dead_lettered(base: str, output: str) -> float:
+    return sample(scrape(base), "logagent_dead_lettered_records_total", output=output, reason="time_out_of_range")
 
 
 def _dead(tmp_path: Path) -> list[dict[str, Any]]:
@@ -94,58 +87,98 @@ def test_out_of_range_timestamps_are_clamped_and_flagged_at_parse_time() -> None
     orjson.dumps(cri + docker + mixed)
 
 
-async def test_year_9999_cri_line_reaches_elasticsearch_flagged_and_every_other_line_arrives(tmp_path) -> None:
+def _check_dead(dead: list[dict[str, Any]], output: str) -> None:
+    by_message = {d["record"]["message"]: d for d in dead}
+    assert set(by_message) == {"poison from the year 9999", "poison from the year 1012"}
+    assert all(d["reason"] == "time_out_of_range" and d["output"] == output for d in dead)
+    # the record as read: the runtime's time string and the message verbatim, the clamped time_ns beside them
+    future = by_message["poison from the year 9999"]["record"]
+    past = by_message["poison from the year 1012"]["record"]
+    assert (future["time"], future["stream"], future["time_ns"]) == ("9999-12-31T23:59:59.999999999Z", "stdout",
+                                                                      NS_MAX)
+    assert (past["time"], past["stream"], past["time_ns"]) == ("1012-03-04T05:06:07.000000001Z", "stderr", NS_MIN)
+    assert future["flags"] == ["time_out_of_range"] and future["path"].endswith("app.log")
+
+
+async def test_year_9999_cri_line_is_dead_lettered_by_elasticsearch_and_every_other_line_arrives(tmp_path) -> None:
     rec = await BulkReceiver().start()
     (tmp_path / "logs").mkdir()
     log = tmp_path / "logs" / "app.log"
     _write(log, [*_cri_lines(0, GOOD // 2), FUTURE, PAST, *_cri_lines(GOOD // 2, GOOD // 2)])
-    proc = _agent(tmp_path, {"type": "elasticsearch", "name": "es", "url": rec.url, "index": "logs",
-                             "batch": {"max_wait": "50ms"}, "fields": ["time_ns"]})  # lean + the clamped time_ns
+    agent = _agent(tmp_path, {"type": "elasticsearch", "name": "es", "url": rec.url, "index": "logs",
+                              "batch": {"max_wait": "50ms"}})
     try:
-        await async_wait_for(lambda: len(rec.docs) >= GOOD + 2 or proc.poll() is not None, 30, what="all lines")
-        assert proc.poll() is None, (tmp_path / "agent.log").read_text()[-3000:]
+        base = agent_base_url(agent)
+        await async_wait_for(lambda: len(rec.docs) >= GOOD and len(_dead(tmp_path)) >= 2
+                             or agent.proc.poll() is not None, 30, what="good lines stored, poison dead-lettered")
+        assert agent.proc.poll() is None, agent.stderr_path.read_text()[-3000:]
         # the output still works after them
         _write(log, _cri_lines(GOOD, 10))
-        await async_wait_for(lambda: len(rec.docs) == GOOD + 12, 30, what="lines written after the poison")
+        await async_wait_for(lambda: len(rec.docs) == GOOD + 10, 30, what="lines written after the poison")
+        assert _dead_lettered(base, "es") == 2
     finally:
-        assert _stop(proc) == 0
+        assert agent.stop() == 0
         await rec.stop()
-    by_message = {d["message"]: d for d in rec.docs.values()}
-    assert set(by_message) == {f"good line {i}" for i in range(GOOD + 10)} | {
-        "poison from the year 9999", "poison from the year 1012"}
-    assert by_message["poison from the year 9999"]["flags"] == ["time_out_of_range"]
-    assert by_message["poison from the year 9999"]["time_ns"] == NS_MAX
-    assert by_message["poison from the year 1012"]["time_ns"] == NS_MIN
-    assert "flags" not in by_message["good line 7"]
-    assert _dead(tmp_path) == []
+    assert sorted(d["message"] for d in rec.docs.values()) == sorted(f"good line {i}" for i in range(GOOD + 10))
+    assert all("flags" not in d for d in rec.docs.values())
+    _check_dead(_dead(tmp_path), "es")
 
 
-async def test_year_9999_cri_line_is_dead_lettered_with_lokis_reason_and_every_other_line_arrives(tmp_path) -> None:
+async def test_year_9999_cri_line_is_dead_lettered_by_loki_and_every_other_line_arrives(tmp_path) -> None:
     # Loki refuses entries newer than now + creation_grace_period (10 min by default) and, with its default
-    # reject_old_samples, older than reject_old_samples_max_age (168 h: here a week before the good lines)
+    # reject_old_samples, older than reject_old_samples_max_age (168 h: here a week before the good lines): a
+    # time the agent can represent but Loki refuses (year 2100) is dead-lettered with Loki's own reason
     rec = await LokiReceiver(reject_after_ns=time.time_ns() + 600 * 10**9,
                              reject_before_ns=1_715_040_000 * 10**9).start()  # 2024-05-07T00:00:00Z
     (tmp_path / "logs").mkdir()
     log = tmp_path / "logs" / "app.log"
-    _write(log, [*_cri_lines(0, GOOD // 2), FUTURE, PAST, *_cri_lines(GOOD // 2, GOOD // 2)])
-    proc = _agent(tmp_path, {"type": "loki", "name": "loki", "url": rec.url, "batch": {"max_wait": "50ms"},
-                             "labels": {"job": "pods"}, "retry": {"initial_backoff": "20ms"}})
+    too_new = "2100-01-01T00:00:00Z stdout F from the year 2100"
+    _write(log, [*_cri_lines(0, GOOD // 2), FUTURE, PAST, too_new, *_cri_lines(GOOD // 2, GOOD // 2)])
+    agent = _agent(tmp_path, {"type": "loki", "name": "loki", "url": rec.url, "batch": {"max_wait": "50ms"},
+                              "labels": {"job": "pods"}, "retry": {"initial_backoff": "20ms"}})
     try:
-        await async_wait_for(lambda: rec.entries_stored >= GOOD and len(_dead(tmp_path)) >= 2
-                             or proc.poll() is not None, 30, what="good lines stored, poison dead-lettered")
-        assert proc.poll() is None, (tmp_path / "agent.log").read_text()[-3000:]
+        base = agent_base_url(agent)
+        await async_wait_for(lambda: rec.entries_stored >= GOOD and len(_dead(tmp_path)) >= 3
+                             or agent.proc.poll() is not None, 30, what="good lines stored, poison dead-lettered")
+        assert agent.proc.poll() is None, agent.stderr_path.read_text()[-3000:]
         _write(log, _cri_lines(GOOD, 10))
         await async_wait_for(lambda: rec.entries_stored == GOOD + 10, 30, what="lines written after the poison")
+        assert _dead_lettered(base, "loki") == 2
     finally:
-        assert _stop(proc) == 0
+        assert agent.stop() == 0
         await rec.stop()
     stored = sorted(line for _, _, line, _ in rec.stored())
     assert stored == sorted(f"good line {i}" for i in range(GOOD + 10))
-    dead = {d["record"]["line"]: d["reason"] for d in _dead(tmp_path)}
-    assert set(dead) == {"poison from the year 9999", "poison from the year 1012"}
-    assert "timestamp too new" in dead["poison from the year 9999"]
-    # a time before 1970 is a negative Timestamp.seconds (int64): sent, and refused by Loki as too old
-    assert "timestamp too old" in dead["poison from the year 1012"]
+    dead = _dead(tmp_path)
+    refused = [d for d in dead if d["reason"] != "time_out_of_range"]
+    assert [d["record"]["line"] for d in refused] == ["from the year 2100"]
+    assert "timestamp too new" in refused[0]["reason"]
+    _check_dead([d for d in dead if d["reason"] == "time_out_of_range"], "loki")
+
+
+async def test_sls_dead_letters_a_record_whose_time_was_out_of_range_and_ships_the_rest(tmp_path) -> None:
+    rec = await SlsReceiver("k8s-prod", "cn-hangzhou.log.aliyuncs.com", {"LTAI-test": "test-secret"}).start()
+    ctx = make_context(tmp_path)
+    out = build_output("sls", {"url": rec.url, "endpoint": "cn-hangzhou.log.aliyuncs.com", "project": "k8s-prod",
+                               "logstore": "k8s-logs", "access_key_id": "LTAI-test",
+                               "access_key_secret": "test-secret", "batch": {"max_wait": "20ms"}}, ctx)
+    records = CriJoiner().feed([*_cri_lines(0, 20), FUTURE, *_cri_lines(20, 20)], list(range(0, 4100, 100)))
+    acked: list[bool] = []
+    batch = Batch("app", records, {"input": "in", "source_id": "f1", "pos_key": "offset"},
+                  AckToken(lambda: acked.append(True)), 4100, flagged=1)
+    await out.start()
+    try:
+        await out.send(batch)
+        await async_wait_for(lambda: acked == [True], 20, what="the batch acknowledged")
+    finally:
+        await out.stop()
+        await rec.stop()
+    assert sorted(g["contents"]["message"] for g in rec.logs) == sorted(f"good line {i}" for i in range(40))
+    dead = dead_letters(ctx)
+    assert [(d["reason"], d["record"]["message"], d["record"]["time"]) for d in dead] == [
+        ("time_out_of_range", "poison from the year 9999", "9999-12-31T23:59:59.999999999Z")]
+    # counted in the dead-letter metric, under its reason
+    assert metrics.DEAD_LETTERED.labels(output="out", reason="time_out_of_range")._value.get() >= 1
 
 
 async def test_a_record_no_encoder_can_encode_is_dead_lettered_and_the_rest_of_the_batch_ships(tmp_path) -> None:

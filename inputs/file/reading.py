@@ -145,10 +145,10 @@ class Reader:
             return
         if tail.source_id is None:
             tail.fix_source_id(final=True)
-        self._finish_flagged(records)
+        flagged = self._finish_flagged(records)
         token = self.tracker.token(tail.pos_key, tail.position())
         assert self._emit is not None
-        await self._emit(Batch(self.tag, records, tail.meta, token, nbytes))
+        await self._emit(Batch(self.tag, records, tail.meta, token, nbytes, flagged))
 
     def _advance_unheld(self, tail: Tail) -> None:
         """Bytes that made no record (a skipped over-long line's rest, blank joins) still move the checkpoint,
@@ -162,12 +162,12 @@ class Reader:
                     or committed.get("fp") != pos["fp"] or committed.get("sid") != pos.get("sid"):
                 self.tracker.set(tail.pos_key, pos)
 
-    def _finish_flagged(self, records: list[dict[str, Any]]) -> None:
+    def _finish_flagged(self, records: list[dict[str, Any]]) -> int:
         """The rare records with flags: text kept undecoded until complete is decoded (`settle_utf8`), and each
-        flag is counted."""
+        flag is counted. Returns how many records carry flags (`Batch.flagged`)."""
         flagged = [r for r in records if "flags" in r]
         if not flagged:
-            return
+            return 0
         settle_utf8(flagged)
         counts: dict[str, int] = {}
         for r in flagged:
@@ -175,6 +175,7 @@ class Reader:
                 counts[f] = counts.get(f, 0) + 1
         for f, n in counts.items():
             metrics.FLAGGED.labels(component=self.name, flag=f).inc(n)
+        return len(flagged)
 
     async def _flush_held(self, now: float) -> None:
         if now < self._next_held_check:
