@@ -184,32 +184,35 @@ class Rotation:
                 continue
             stored_all.append((stored, value))
         stored_all.sort(key=lambda sv: not _at_own_inode(sv[0]))
+        found: list[tuple[StoredPosition, str, str]] = []  # (stored, where it is now, that file's key)
         for stored, _ in stored_all:
             where = locate(stored)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("restore: stored position", extra={"key": stored.key, "stored_path": stored.real,
                           "offset": stored.offset, "fp": stored.fp.encode() if stored.fp else "", "sid": stored.sid,
                           "parent": stored.parent, "found": where})
-            if where is None:
-                if _inode_exists(stored) and stored.sid:
-                    # the inode holds a newer generation (truncated while we were down, old bytes gone)
-                    self.opener.parents.setdefault(stored.key, stored.sid)
-                    continue
-                value = self.tracker.committed.get(stored.key)
-                size = value.get("size", 0) if isinstance(value, dict) else 0
-                unread = size - stored.offset if isinstance(size, int) and size > stored.offset else 0
-                if unread:
-                    DROPPED_BYTES.labels(input=self.name, reason="deleted_while_down").inc(unread)
-                    log.warning("a rotated file was deleted while the agent was down before it was read to its end",
-                                extra={"path": stored.path, "was_at": stored.real, "unread_bytes_at_least": unread})
-                else:
-                    log.info("checkpointed file is gone; forgetting it", extra={"path": stored.path})
-                self.tracker.forget(stored.key)
+            where_key = _key_of(where) if where is not None else None
+            if where is None or where_key is None:
+                self._gone(stored)
                 continue
             if _inode_exists(stored) and stored.sid and not _at(where, stored):
                 self.opener.parents.setdefault(stored.key, stored.sid)
                 # copytruncate: the live inode's stored generation is in a copy; newer copies follow it (`_chain`)
                 self._families.setdefault(stored.path, (stored.dev, stored.ino, stored.sid, where))
+            found.append((stored, where, where_key))
+        # One generation may be named by two positions: the original's (its batches read before the copytruncate)
+        # and its copy's (those read from the copy since), each acknowledged in its own order. Reading resumes at
+        # the lower of them: what lies past it and was not acknowledged under the other is read again (answered
+        # 409), never skipped.
+        lowest: dict[str, StoredPosition] = {}
+        for stored, _, where_key in found:
+            if where_key not in lowest or stored.offset < lowest[where_key].offset:
+                lowest[where_key] = stored
+        for stored, where, where_key in found:
+            if lowest[where_key] is not stored:
+                if stored.key != where_key:
+                    self.tracker.forget(stored.key)  # the original's: its generation goes on under the copy's key
+                continue
             # a file found under another name was rotated out of the glob while we were down: finish it under
             # its old name (which names the source for metadata)
             orphaned = not _same_file(where, stored.path)
@@ -223,6 +226,23 @@ class Rotation:
                 log.info("finishing a file rotated while the agent was down",
                          extra={"path": stored.path, "now_at": where, "offset": stored.offset})
         self._born_while_down([s for s, _ in stored_all], updated)
+
+    def _gone(self, stored: StoredPosition) -> None:
+        """A stored file found nowhere: truncated while we were down (its inode holds a newer generation, which is
+        named after it), or deleted (what was not read of it is counted)."""
+        if _inode_exists(stored) and stored.sid:
+            self.opener.parents.setdefault(stored.key, stored.sid)
+            return
+        value = self.tracker.committed.get(stored.key)
+        size = value.get("size", 0) if isinstance(value, dict) else 0
+        unread = size - stored.offset if isinstance(size, int) and size > stored.offset else 0
+        if unread:
+            DROPPED_BYTES.labels(input=self.name, reason="deleted_while_down").inc(unread)
+            log.warning("a rotated file was deleted while the agent was down before it was read to its end",
+                        extra={"path": stored.path, "was_at": stored.real, "unread_bytes_at_least": unread})
+        else:
+            log.info("checkpointed file is gone; forgetting it", extra={"path": stored.path})
+        self.tracker.forget(stored.key)
 
     def _born_while_down(self, stored_all: list[StoredPosition], updated: dict[str, float]) -> None:
         """A file created under a glob name and rotated away while the agent was down has no position (nor has one
@@ -342,6 +362,14 @@ class Rotation:
 
 
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
+
+
+def _key_of(path: str) -> str | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return file_key(st.st_dev, st.st_ino)
 
 
 def _at_own_inode(stored: StoredPosition) -> bool:
