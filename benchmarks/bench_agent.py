@@ -372,7 +372,7 @@ def steady_lines(pool: list[str], start: int, n: int) -> str:
     return "".join(out)
 
 
-def steady_run(args: argparse.Namespace, work: Path, link: Path) -> dict[str, Any]:
+def steady_run(args: argparse.Namespace, work: Path, log: Path, link: Path) -> dict[str, Any]:
     import random
 
     from bench_tail import _message_pool  # the same message bodies as the throughput file
@@ -383,7 +383,8 @@ def steady_run(args: argparse.Namespace, work: Path, link: Path) -> dict[str, An
     port = free_port()
     cfg = write_config(work, {**output_config("es", sink.url, work), **args.output_settings}, port)
     agent = Agent(work, cfg, port)
-    target = work / "steady.log"
+    # beside the throughput file, under the pods directory: a link out of the input's root is refused
+    target = log.with_name("1.log")
     target.unlink(missing_ok=True)
     rate = 10 * 1024 * 1024
     per_tick = rate // 10 // 512
@@ -479,7 +480,7 @@ def main() -> int:
             for kind in kinds:
                 runs[kind].append(throughput_run(kind, args, work, log, link, size, expected))
             if args.steady > 0:
-                steady.append(steady_run(args, work, link))
+                steady.append(steady_run(args, work, log, link))
 
         def med(rs: list[dict[str, Any]], key: str) -> float:
             return float(statistics.median(r[key] for r in rs))
