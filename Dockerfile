@@ -10,7 +10,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc pkg-config libsystemd-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY logagent/ logagent/
 COPY inputs/ inputs/
 COPY outputs/ outputs/

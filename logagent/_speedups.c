@@ -1,0 +1,461 @@
+/* Optional native accelerator for the two hottest loops of the container-log path (issue 11).
+ *
+ * cri_records(lines, offsets, streams) -> (records, pieces) | None
+ *     The CRI joiner's common batch: every line `<YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z> <stdout|stderr> <P|F> <message>`.
+ *     One record dict per line, exactly as the Python comprehension builds it (same keys, same order, the stream
+ *     names from `streams`, `time_ns` as `Z_SECONDS` computes it), every line taken as if it were `F`; `pieces`
+ *     lists the indices of the `P` lines for the caller to join. None when any line is in another form (a numeric
+ *     zone, a tag with more than one character, a timestamp out of the 64-bit range, ...): the caller then runs
+ *     the Python path, which is the reference.
+ *
+ * es_items(records, first, middle, date_hours) -> list[bytes] | None
+ *     Elasticsearch `_bulk` items of a batch of CRI records (lean shape): per record
+ *     prefix + (hex(offset) + middle if middle is not None) + `"message":M,"stream":S,"@timestamp":T}\n`
+ *     with M, S, T JSON strings escaped as orjson escapes them. `first` is the prefix (bytes), or (date_hours
+ *     true) a callable `first(time) -> bytes` called with a record's `time` whenever its first 13 characters (the
+ *     hour) differ from the previous record's. None when a record is not a 7-key CRI record with str
+ *     message/stream/time and an int offset >= 0 (with date_hours: a time ending in "Z"), or a string holds a
+ *     lone surrogate: the Python path decides then.
+ *
+ * Both are strict subsets of the Python paths they stand for: whatever they accept gives the same result, byte
+ * for byte (tests/test_speedups.py checks it with hypothesis); whatever they are unsure of they hand back.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#if PY_VERSION_HEX < 0x030D0000
+#define NEW_RECORD() _PyDict_NewPresized(7)
+#else
+#define NEW_RECORD() PyDict_New()
+#endif
+
+static PyObject *k_message, *k_offset, *k_time, *k_time_ns, *k_stream, *k_fragments, *k_lines, *one;
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* timestamps */
+
+static int64_t days_from_civil(int64_t y, unsigned m, unsigned d) {
+    /* days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm) */
+    y -= m <= 2;
+    const int64_t era = (y >= 0 ? y : y - 399) / 400;
+    const unsigned yoe = (unsigned)(y - era * 400);
+    const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (int64_t)doe - 719468;
+}
+
+static int is_leap(int y) { return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0; }
+
+#define DIG(c) ((c) >= '0' && (c) <= '9')
+
+/* Parses `YYYY-MM-DDTHH:MM:SS[.fffffffff]Z` at data[0..n) (n: the length of the first field); 0 on success. */
+static int parse_z(const void *data, int kind, Py_ssize_t n, int64_t *ns_out) {
+    char b[31];
+    if (n < 20 || n > 30)
+        return -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c > 127)
+            return -1;
+        b[i] = (char)c;
+    }
+    if (!(DIG(b[0]) && DIG(b[1]) && DIG(b[2]) && DIG(b[3]) && b[4] == '-' && DIG(b[5]) && DIG(b[6]) &&
+          b[7] == '-' && DIG(b[8]) && DIG(b[9]) && b[10] == 'T' && DIG(b[11]) && DIG(b[12]) && b[13] == ':' &&
+          DIG(b[14]) && DIG(b[15]) && b[16] == ':' && DIG(b[17]) && DIG(b[18]) && b[n - 1] == 'Z'))
+        return -1;
+    int y = (b[0] - '0') * 1000 + (b[1] - '0') * 100 + (b[2] - '0') * 10 + (b[3] - '0');
+    int mo = (b[5] - '0') * 10 + (b[6] - '0');
+    int d = (b[8] - '0') * 10 + (b[9] - '0');
+    int h = (b[11] - '0') * 10 + (b[12] - '0');
+    int mi = (b[14] - '0') * 10 + (b[15] - '0');
+    int s = (b[17] - '0') * 10 + (b[18] - '0');
+    static const int mdays[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (y < 1 || mo < 1 || mo > 12 || d < 1 || h > 23 || mi > 59 || s > 59)
+        return -1;
+    if (d > mdays[mo - 1] + (mo == 2 && is_leap(y)))
+        return -1;
+    int64_t frac = 0;
+    if (n == 20) {
+        /* `...:SSZ`: no fraction */
+    } else {
+        if (b[19] != '.' || n < 22)
+            return -1; /* `.Z` (no digits) is left to the Python path */
+        Py_ssize_t digits = n - 21;
+        for (Py_ssize_t i = 0; i < 9; i++) {
+            frac *= 10;
+            if (i < digits) {
+                char c = b[20 + i];
+                if (!DIG(c))
+                    return -1;
+                frac += c - '0';
+            }
+        }
+    }
+    int64_t secs = days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + s;
+    /* whole seconds whose every nanosecond is in the signed 64-bit range, as timestamps._SEC_MIN/_SEC_MAX; the
+       caller's range check (time_ns strictly inside NS_MIN..NS_MAX) holds then too */
+    if (secs < -9223372035LL || secs > 9223372035LL)
+        return -1;
+    *ns_out = secs * 1000000000LL + frac;
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* cri_records */
+
+static PyObject *cri_records(PyObject *self, PyObject *args) {
+    PyObject *lines, *offsets, *streams;
+    if (!PyArg_ParseTuple(args, "O!O!O!", &PyList_Type, &lines, &PyList_Type, &offsets, &PyTuple_Type, &streams))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(lines);
+    if (PyList_GET_SIZE(offsets) != n || PyTuple_GET_SIZE(streams) != 2) {
+        PyErr_SetString(PyExc_ValueError, "lines and offsets differ in length, or streams is not a pair");
+        return NULL;
+    }
+    PyObject *s_out = PyTuple_GET_ITEM(streams, 0), *s_err = PyTuple_GET_ITEM(streams, 1);
+    PyObject *records = PyList_New(n);
+    PyObject *pieces = PyList_New(0);
+    if (records == NULL || pieces == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i >= PyList_GET_SIZE(lines) || i >= PyList_GET_SIZE(offsets))
+            goto decline; /* (a finalizer run by a collection changed the lists: not ours to reason about) */
+        PyObject *line = PyList_GET_ITEM(lines, i);
+        if (!PyUnicode_CheckExact(line))
+            goto decline;
+        Py_INCREF(line);
+        Py_ssize_t len = PyUnicode_GET_LENGTH(line);
+        int kind = PyUnicode_KIND(line);
+        const void *data = PyUnicode_DATA(line);
+        /* the first field: up to the first space */
+        Py_ssize_t sp = -1;
+        for (Py_ssize_t j = 0; j < len && j <= 30; j++) {
+            if (PyUnicode_READ(kind, data, j) == ' ') {
+                sp = j;
+                break;
+            }
+        }
+        int64_t tns;
+        if (sp < 0 || parse_z(data, kind, sp, &tns) != 0 || len < sp + 10) {
+            Py_DECREF(line);
+            goto decline;
+        }
+        /* `stdout `/`stderr ` then `P `/`F ` */
+        static const char so[] = "stdout", se[] = "stderr";
+        int is_out = 1, is_err = 1;
+        for (int j = 0; j < 6; j++) {
+            Py_UCS4 c = PyUnicode_READ(kind, data, sp + 1 + j);
+            is_out &= c == (Py_UCS4)so[j];
+            is_err &= c == (Py_UCS4)se[j];
+        }
+        Py_UCS4 tag = PyUnicode_READ(kind, data, sp + 8);
+        if (!(is_out || is_err) || PyUnicode_READ(kind, data, sp + 7) != ' ' || (tag != 'F' && tag != 'P') ||
+            PyUnicode_READ(kind, data, sp + 9) != ' ') {
+            Py_DECREF(line);
+            goto decline;
+        }
+        PyObject *offset = PyList_GET_ITEM(offsets, i);
+        Py_INCREF(offset);
+        PyObject *rec = NEW_RECORD();
+        if (rec == NULL) {
+            Py_DECREF(line);
+            Py_DECREF(offset);
+            goto fail;
+        }
+        PyList_SET_ITEM(records, i, rec);
+        PyObject *msg = PyUnicode_Substring(line, sp + 10, len);
+        PyObject *ts = PyUnicode_Substring(line, 0, sp);
+        PyObject *nsobj = PyLong_FromLongLong(tns);
+        int bad = msg == NULL || ts == NULL || nsobj == NULL || PyDict_SetItem(rec, k_message, msg) < 0 ||
+                  PyDict_SetItem(rec, k_offset, offset) < 0 || PyDict_SetItem(rec, k_time, ts) < 0 ||
+                  PyDict_SetItem(rec, k_time_ns, nsobj) < 0 ||
+                  PyDict_SetItem(rec, k_stream, is_out ? s_out : s_err) < 0 ||
+                  PyDict_SetItem(rec, k_fragments, one) < 0 || PyDict_SetItem(rec, k_lines, one) < 0;
+        Py_XDECREF(msg);
+        Py_XDECREF(ts);
+        Py_XDECREF(nsobj);
+        Py_DECREF(offset);
+        Py_DECREF(line);
+        if (bad)
+            goto fail;
+        if (tag == 'P') {
+            PyObject *idx = PyLong_FromSsize_t(i);
+            if (idx == NULL || PyList_Append(pieces, idx) < 0) {
+                Py_XDECREF(idx);
+                goto fail;
+            }
+            Py_DECREF(idx);
+        }
+    }
+    PyObject *out = PyTuple_Pack(2, records, pieces);
+    Py_DECREF(records);
+    Py_DECREF(pieces);
+    return out;
+decline:
+    Py_XDECREF(records);
+    Py_XDECREF(pieces);
+    Py_RETURN_NONE;
+fail:
+    Py_XDECREF(records);
+    Py_XDECREF(pieces);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* es_items */
+
+typedef struct {
+    char *p;
+    Py_ssize_t len, cap;
+} buf_t;
+
+static buf_t B = {NULL, 0, 0};
+
+static int reserve(Py_ssize_t more) {
+    if (B.len + more <= B.cap)
+        return 0;
+    Py_ssize_t cap = B.cap ? B.cap : 4096;
+    while (cap < B.len + more)
+        cap *= 2;
+    char *p = PyMem_Realloc(B.p, (size_t)cap);
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    B.p = p;
+    B.cap = cap;
+    return 0;
+}
+
+static int put(const char *s, Py_ssize_t n) {
+    if (reserve(n) < 0)
+        return -1;
+    memcpy(B.p + B.len, s, (size_t)n);
+    B.len += n;
+    return 0;
+}
+
+static const char HEX[] = "0123456789abcdef";
+
+/* A str as a JSON string, escaped as orjson escapes: `"` `\` and control characters (\b \t \n \f \r short, the
+   rest \u00xx), everything else as UTF-8. Returns 1 (declined) on a lone surrogate, -1 on error, 0 on success. */
+static int put_json_str(PyObject *s) {
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    int kind = PyUnicode_KIND(s);
+    const void *data = PyUnicode_DATA(s);
+    if (reserve(n * 6 + 2) < 0) /* the worst case of UCS1/UCS2 (\u00xx); UCS4 writes at most 4 bytes a char */
+        return -1;
+    char *o = B.p + B.len;
+    *o++ = '"';
+    if (kind == PyUnicode_1BYTE_KIND) {
+        const Py_UCS1 *d = (const Py_UCS1 *)data;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_UCS1 c = d[i];
+            if (c >= 0x20 && c != '"' && c != '\\' && c < 0x80) {
+                *o++ = (char)c;
+            } else if (c >= 0x80) {
+                *o++ = (char)(0xC0 | (c >> 6));
+                *o++ = (char)(0x80 | (c & 0x3F));
+            } else {
+                *o++ = '\\';
+                switch (c) {
+                case '"': *o++ = '"'; break;
+                case '\\': *o++ = '\\'; break;
+                case '\b': *o++ = 'b'; break;
+                case '\t': *o++ = 't'; break;
+                case '\n': *o++ = 'n'; break;
+                case '\f': *o++ = 'f'; break;
+                case '\r': *o++ = 'r'; break;
+                default:
+                    *o++ = 'u'; *o++ = '0'; *o++ = '0'; *o++ = HEX[c >> 4]; *o++ = HEX[c & 15];
+                }
+            }
+        }
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_UCS4 c = PyUnicode_READ(kind, data, i);
+            if (c >= 0x20 && c != '"' && c != '\\' && c < 0x80) {
+                *o++ = (char)c;
+            } else if (c < 0x20 || c == '"' || c == '\\') {
+                *o++ = '\\';
+                switch (c) {
+                case '"': *o++ = '"'; break;
+                case '\\': *o++ = '\\'; break;
+                case '\b': *o++ = 'b'; break;
+                case '\t': *o++ = 't'; break;
+                case '\n': *o++ = 'n'; break;
+                case '\f': *o++ = 'f'; break;
+                case '\r': *o++ = 'r'; break;
+                default:
+                    *o++ = 'u'; *o++ = '0'; *o++ = '0'; *o++ = HEX[c >> 4]; *o++ = HEX[c & 15];
+                }
+            } else if (c < 0x800) {
+                *o++ = (char)(0xC0 | (c >> 6));
+                *o++ = (char)(0x80 | (c & 0x3F));
+            } else if (c < 0x10000) {
+                if (c >= 0xD800 && c <= 0xDFFF)
+                    return 1; /* orjson refuses it: the Python path raises the encoder's error */
+                *o++ = (char)(0xE0 | (c >> 12));
+                *o++ = (char)(0x80 | ((c >> 6) & 0x3F));
+                *o++ = (char)(0x80 | (c & 0x3F));
+            } else {
+                *o++ = (char)(0xF0 | (c >> 18));
+                *o++ = (char)(0x80 | ((c >> 12) & 0x3F));
+                *o++ = (char)(0x80 | ((c >> 6) & 0x3F));
+                *o++ = (char)(0x80 | (c & 0x3F));
+            }
+        }
+    }
+    *o++ = '"';
+    B.len = o - B.p;
+    return 0;
+}
+
+static int put_bytes(PyObject *b) { return put(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)); }
+
+static PyObject *es_items(PyObject *self, PyObject *args) {
+    PyObject *records, *first, *middle;
+    int date_hours;
+    if (!PyArg_ParseTuple(args, "O!OOp", &PyList_Type, &records, &first, &middle, &date_hours))
+        return NULL;
+    if (middle != Py_None && !PyBytes_Check(middle)) {
+        PyErr_SetString(PyExc_TypeError, "middle must be bytes or None");
+        return NULL;
+    }
+    if (!date_hours && !PyBytes_Check(first)) {
+        PyErr_SetString(PyExc_TypeError, "first must be bytes unless date_hours");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(records);
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    PyObject *hour = NULL; /* the time of the last hour's first record, and that hour's prefix */
+    PyObject *prefix = date_hours ? NULL : first;
+    Py_XINCREF(prefix);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *rec = PyList_GET_ITEM(records, i);
+        if (!PyDict_CheckExact(rec) || PyDict_GET_SIZE(rec) != 7)
+            goto decline;
+        PyObject *msg = PyDict_GetItemWithError(rec, k_message);
+        PyObject *stream = PyDict_GetItemWithError(rec, k_stream);
+        PyObject *ts = PyDict_GetItemWithError(rec, k_time);
+        PyObject *off = PyDict_GetItemWithError(rec, k_offset);
+        if (PyErr_Occurred())
+            goto fail;
+        if (msg == NULL || stream == NULL || ts == NULL || off == NULL || !PyUnicode_CheckExact(msg) ||
+            !PyUnicode_CheckExact(stream) || !PyUnicode_CheckExact(ts) || !PyLong_CheckExact(off))
+            goto decline;
+        int c1 = PyDict_Contains(rec, k_time_ns), c2 = c1 > 0 ? PyDict_Contains(rec, k_fragments) : c1;
+        int c3 = c2 > 0 ? PyDict_Contains(rec, k_lines) : c2;
+        if (c3 < 0)
+            goto fail;
+        if (c3 == 0)
+            goto decline;
+        if (date_hours) {
+            Py_ssize_t tl = PyUnicode_GET_LENGTH(ts);
+            if (tl < 13 || PyUnicode_READ_CHAR(ts, tl - 1) != 'Z')
+                goto decline;
+            int same = hour != NULL;
+            for (Py_ssize_t j = 0; same && j < 13; j++)
+                same = PyUnicode_READ_CHAR(ts, j) == PyUnicode_READ_CHAR(hour, j);
+            if (!same) {
+                Py_XDECREF(hour);
+                Py_CLEAR(prefix);
+                hour = ts;
+                Py_INCREF(hour);
+                prefix = PyObject_CallOneArg(first, ts);
+                if (prefix == NULL)
+                    goto fail;
+                if (!PyBytes_Check(prefix)) {
+                    PyErr_SetString(PyExc_TypeError, "an hour's prefix must be bytes");
+                    goto fail;
+                }
+            }
+        }
+        int overflow = 0;
+        long long o = PyLong_AsLongLongAndOverflow(off, &overflow);
+        if (overflow || o < 0) {
+            if (PyErr_Occurred())
+                goto fail;
+            goto decline;
+        }
+        B.len = 0;
+        if (put_bytes(prefix) < 0)
+            goto fail;
+        if (middle != Py_None) {
+            char hx[17];
+            int k = 16;
+            unsigned long long u = (unsigned long long)o;
+            do {
+                hx[--k] = HEX[u & 15];
+                u >>= 4;
+            } while (u);
+            if (put(hx + k, 16 - k) < 0 || put_bytes(middle) < 0)
+                goto fail;
+        }
+        int r;
+        if (put("\"message\":", 10) < 0 || (r = put_json_str(msg)) < 0)
+            goto fail;
+        if (r)
+            goto decline;
+        if (put(",\"stream\":", 10) < 0 || (r = put_json_str(stream)) < 0)
+            goto fail;
+        if (r)
+            goto decline;
+        if (put(",\"@timestamp\":", 14) < 0 || (r = put_json_str(ts)) < 0)
+            goto fail;
+        if (r)
+            goto decline;
+        if (put("}\n", 2) < 0)
+            goto fail;
+        PyObject *item = PyBytes_FromStringAndSize(B.p, B.len);
+        if (item == NULL)
+            goto fail;
+        PyList_SET_ITEM(out, i, item);
+    }
+    Py_XDECREF(hour);
+    Py_XDECREF(prefix);
+    if (B.cap > (1 << 20)) { /* a huge record grew the buffer: give it back */
+        PyMem_Free(B.p);
+        B.p = NULL;
+        B.cap = B.len = 0;
+    }
+    return out;
+decline:
+    Py_XDECREF(hour);
+    Py_XDECREF(prefix);
+    Py_DECREF(out);
+    Py_RETURN_NONE;
+fail:
+    Py_XDECREF(hour);
+    Py_XDECREF(prefix);
+    Py_DECREF(out);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------------------- */
+
+static PyMethodDef methods[] = {
+    {"cri_records", cri_records, METH_VARARGS, "CRI lines -> (records, indices of P lines) or None"},
+    {"es_items", es_items, METH_VARARGS, "CRI records -> Elasticsearch bulk items or None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_speedups", NULL, -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__speedups(void) {
+    k_message = PyUnicode_InternFromString("message");
+    k_offset = PyUnicode_InternFromString("offset");
+    k_time = PyUnicode_InternFromString("time");
+    k_time_ns = PyUnicode_InternFromString("time_ns");
+    k_stream = PyUnicode_InternFromString("stream");
+    k_fragments = PyUnicode_InternFromString("fragments");
+    k_lines = PyUnicode_InternFromString("lines");
+    one = PyLong_FromLong(1);
+    if (!k_message || !k_offset || !k_time || !k_time_ns || !k_stream || !k_fragments || !k_lines || !one)
+        return NULL;
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,28 @@
+"""The optional native accelerator (`logagent/_speedups.c`, built by `pip install`, see setup.py) or None.
+
+The hot loops that use it keep their pure-Python code as the reference: the native functions accept a strict
+subset of the inputs (the common CRI batch) and give byte-for-byte the same result, or answer None and leave the
+batch to Python (tests/test_speedups.py proves both with hypothesis). `LOGAGENT_NO_SPEEDUPS=1` in the environment
+turns it off (to measure or to rule it out).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+CriRecords = Callable[[list[str], list[int], tuple[str, str]], tuple[list[dict[str, Any]], list[int]] | None]
+EsItems = Callable[[list[dict[str, Any]], bytes | Callable[[str], bytes], bytes | None, bool], list[bytes] | None]
+cri_records: CriRecords | None
+es_items: EsItems | None
+
+cri_records = es_items = None
+if not os.environ.get("LOGAGENT_NO_SPEEDUPS"):
+    try:
+        from logagent import _speedups
+    except ImportError:  # no compiler where it was installed: the pure-Python paths
+        pass
+    else:
+        cri_records = _speedups.cri_records
+        es_items = _speedups.es_items

@@ -1,0 +1,191 @@
+"""The native accelerator (logagent/_speedups.c) gives exactly what the pure-Python paths give.
+
+Both paths run on the same generated input: CRI batches fed in sequence to a native and a pure-Python `CriJoiner`
+(partial lines carry from batch to batch), and record batches encoded by a native and a pure-Python `BulkCodec`.
+The generators aim at the accelerator's edges: timestamps one character off the accepted form (no fraction, ten
+digits, `.Z`, a numeric zone, February 30th, hour 24, years out of the 64-bit range), tags other than `P`/`F`,
+streams other than stdout/stderr, messages with every JSON escape, non-BMP characters and lone surrogates. A
+line the accelerator declines sends its batch to Python; the results must not differ either way.
+
+The accelerator is built by `pip install -e .` (setup.py); `.ci/setup` checks that it was.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from logagent import speedups
+from logagent.config import Section
+from logagent.outputs.elasticsearch import BulkCodec, ElasticsearchOutput
+from logagent.parsers.cri import CriJoiner
+from logagent.record import Batch
+
+pytestmark = pytest.mark.skipif(speedups.cri_records is None or speedups.es_items is None,
+                                reason="the native accelerator is not built (pip install -e . builds it)")
+
+_GOOD_STAMPS = ["2024-05-14T09:12:03.123456789Z", "2024-05-14T09:12:03.5Z", "2024-05-14T09:12:03Z",
+                "2024-02-29T23:59:59.000000001Z", "1970-01-01T00:00:00Z", "2262-04-11T23:47:16.854775807Z",
+                "1677-09-21T00:12:44Z", "2024-05-14T09:59:59.99Z", "2024-05-14T10:00:00.1Z"]
+_ODD_STAMPS = ["2024-05-14T09:12:03.Z", "2024-05-14T09:12:03.1234567890Z", "2024-05-14T09:12:03+02:00",
+               "2024-05-14T09:12:03.5-07:30", "2023-02-29T09:12:03Z", "2024-04-31T09:12:03Z", "2024-05-14T24:00:00Z",
+               "2024-05-14T09:60:00Z", "9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z", "2024-05-14 09:12:03Z",
+               "2024-05-14T09:12:03z", "２024-05-14T09:12:03Z", "2024-05-14T09:12:03.١Z", "2024-13-14T09:12:03Z",
+               "x", ""]
+
+
+@st.composite
+def stamps(draw: st.DrawFn) -> str:
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.sampled_from(_ODD_STAMPS))
+    if draw(st.booleans()):
+        return draw(st.sampled_from(_GOOD_STAMPS))
+    y, mo, d = draw(st.integers(1678, 2261)), draw(st.integers(1, 12)), draw(st.integers(1, 31))
+    h, mi, s = draw(st.integers(0, 23)), draw(st.integers(0, 59)), draw(st.integers(0, 59))
+    frac = draw(st.text("0123456789", min_size=0, max_size=9))
+    return f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}" + (f".{frac}" if frac else "") + "Z"
+
+
+messages = st.one_of(
+    st.text(max_size=40),
+    st.text(st.characters(codec="ascii"), max_size=40),
+    st.sampled_from(["", " ", "a \"quoted\" \\ back\\slash", "\x00\x01\x1f\x7f\b\t\n\f\r", "é ü ß", "\u2028\u2029",
+                     "😀 non-BMP", "\ud800 lone surrogate", "line with  two  spaces", "F P stdout"]),
+)
+
+
+@st.composite
+def good_cri_lines(draw: st.DrawFn) -> str:
+    stamp = draw(st.sampled_from(_GOOD_STAMPS)) if draw(st.booleans()) else draw(stamps())
+    return f"{stamp} {draw(st.sampled_from(['stdout', 'stderr']))} {draw(st.sampled_from('FFFP'))} {draw(messages)}"
+
+
+@st.composite
+def cri_lines(draw: st.DrawFn) -> str:
+    if draw(st.integers(0, 19)) == 0:
+        return draw(st.sampled_from(["", "not a cri line", "2024-05-14T09:12:03Z stdout F", "2024-05-14T09:12:03Z",
+                                     "2024-05-14T09:12:03Z  stdout F x", "2024-05-14T09:12:03Z stdout  F x"]))
+    stream = draw(st.sampled_from(["stdout", "stderr"] * 6 + ["stdin", "STDOUT", "stdou"]))
+    tag = draw(st.sampled_from(["F"] * 8 + ["P"] * 3 + ["F:x", "X", "", "PF"]))
+    return f"{draw(stamps())} {stream} {tag} {draw(messages)}"
+
+
+def _offsets(lines: list[str], start: int) -> list[int]:
+    out = []
+    for line in lines:
+        out.append(start)
+        start += len(line.encode("utf-8", "surrogatepass")) + 1
+    return out
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(st.lists(good_cri_lines(), max_size=12), st.lists(cri_lines(), max_size=12)), max_size=5),
+       st.integers(8, 400))
+def test_cri_native_and_python_joiners_agree(batches: list[list[str]], max_bytes: int) -> None:
+    native = CriJoiner(max_record_bytes=max_bytes, clock=lambda: 0.0, native=True)
+    python = CriJoiner(max_record_bytes=max_bytes, clock=lambda: 0.0, native=False)
+    pos = 0
+    for lines in batches:
+        offsets = _offsets(lines, pos)
+        pos = offsets[-1] + len(lines[-1].encode("utf-8", "surrogatepass")) + 1 if lines else pos
+        assert native.feed(lines, offsets) == python.feed(lines, offsets)
+        assert native.held_from() == python.held_from()
+    assert native.flush(1.0, force=True) == python.flush(1.0, force=True)
+
+
+def test_cri_native_path_takes_the_common_batch() -> None:
+    """Not vacuous: the accelerator answers for the common batch (F lines, some P pieces), and the joiner using it
+    gives the records the Python path gives."""
+    lines = ["2024-05-14T09:12:03.123456789Z stdout F GET /healthz 200",
+             "2024-05-14T09:12:03.2Z stderr P a long line, ",
+             "2024-05-14T09:12:03.3Z stdout F between",
+             "2024-05-14T09:12:04Z stderr F and its end",
+             "2024-05-14T09:12:05.000000001Z stdout F é 😀 \"q\""]
+    offsets = _offsets(lines, 100)
+    assert speedups.cri_records is not None
+    got = speedups.cri_records(lines, offsets, ("stdout", "stderr"))
+    assert got is not None and got[1] == [1]
+    records = CriJoiner(native=True).feed(lines, offsets)
+    assert records == CriJoiner(native=False).feed(lines, offsets)
+    assert [r["message"] for r in records] == ["GET /healthz 200", "between", "a long line, and its end",
+                                               "é 😀 \"q\""]
+    assert records[2]["fragments"] == 2 and records[2]["time_ns"] == 1715677923200000000
+    # a numeric zone: declined, the Python path answers
+    assert speedups.cri_records(["2024-05-14T09:12:03+02:00 stdout F x"], [0], ("stdout", "stderr")) is None
+
+
+def _codec(native: bool, settings: dict[str, Any]) -> BulkCodec:
+    section = Section({"type": "elasticsearch", "name": "out", "url": "http://127.0.0.1:9/", **settings},
+                      "outputs[0]", "test.yaml")
+    section.str("type")
+    section.str("name")
+    return BulkCodec(ElasticsearchOutput.parse_settings(section), native=native)
+
+
+_ES_SETTINGS = [{}, {"index": "logs-{kubernetes.namespace}-%Y.%m.%d.%H"}, {"document_ids": False},
+                {"index": "fixed-name"}, {"index": "by-{kubernetes.pod}"}, {"fields": ["offset"]}, {"fields": "all"},
+                {"index": "by-{stream}-%Y"}]
+
+
+@st.composite
+def cri_records(draw: st.DrawFn, odd_too: bool = True) -> dict[str, Any]:
+    rec: dict[str, Any] = {"message": draw(messages), "offset": draw(st.integers(0, 1 << 62)),
+                           "time": draw(stamps()), "time_ns": 1, "stream": draw(st.sampled_from(["stdout", "stderr"])),
+                           "fragments": 1, "lines": 1}
+    odd = draw(st.integers(0, 14)) if odd_too else -1
+    if odd == 0:
+        rec["offset"] = draw(st.sampled_from([-1, True, 1 << 70, "7"]))
+    elif odd == 1:
+        rec["stream"] = draw(st.sampled_from(["stdin", "x\"y", 3]))
+    elif odd == 2:
+        rec["message"] = draw(st.sampled_from([7, None, ["a"]]))
+    elif odd == 3:
+        del rec["lines"]
+        rec["flags"] = ["truncated"]
+    elif odd == 4:
+        rec["extra"] = "field"
+    elif odd == 5:
+        rec["time"] = draw(st.sampled_from(["2024-05-14T09:12:03\"Z", "2024-05-14T09:12:03é", 5]))
+    return rec
+
+
+def _encode(codec: BulkCodec, batch: Batch) -> tuple[str, Any]:
+    try:
+        return "ok", codec.items(batch)
+    except Exception as e:  # both paths must fail alike (a lone surrogate: orjson's error)
+        return "error", type(e).__name__
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.lists(cri_records(False), min_size=1, max_size=10),
+                 st.lists(cri_records(), min_size=1, max_size=10)),
+       st.sampled_from(_ES_SETTINGS),
+       st.sampled_from(["file:0123456789abcdef", "f:%x\"", "s" * 80, None]))
+def test_es_native_and_python_encoders_agree(records: list[dict[str, Any]], es: dict[str, Any],
+                                             source: str | None) -> None:
+    meta: dict[str, Any] = {"input": "containers", "path": "/var/log/containers/web.log", "pos_key": "offset",
+                            "kubernetes": {"namespace": "shop", "pod": "web-0", "container": "main"}}
+    if source is not None:
+        meta["source_id"] = source
+    native, python = _codec(True, es), _codec(False, es)
+    assert _encode(native, Batch("kube", records, meta)) == _encode(python, Batch("kube", records, meta))
+
+
+def test_es_native_path_takes_the_common_batch() -> None:
+    """Not vacuous: the accelerator encodes a plain CRI batch (across an hour boundary), byte for byte as Python."""
+    lines = ["2024-05-14T09:59:59.9Z stdout F last of nine \"q\" \\ \x01",
+             "2024-05-14T10:00:00.1Z stderr F first of ten é 😀"]
+    records = CriJoiner().feed(lines, _offsets(lines, 4096))
+    meta = {"source_id": "file:abc", "pos_key": "offset", "path": "/p", "kubernetes": {"namespace": "shop"}}
+    native, python = _codec(True, {}), _codec(False, {})
+    assert native._native_items(Batch("kube", records, meta)) is not None
+    items, _ = native.items(Batch("kube", records, meta))
+    assert (items, sum(map(len, items))) == python.items(Batch("kube", records, meta))
+    action, doc = items[1].split(b"\n")[:2]
+    assert orjson.loads(action) == {"create": {"_index": "logagent-2024.05.14", "_id": "file:abc:%x" % (4096 + len(
+        lines[0].encode()) + 1)}}
+    assert orjson.loads(doc)["message"] == "first of ten é 😀"
