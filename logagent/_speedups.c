@@ -17,7 +17,10 @@
  *     message/stream/time and an int offset >= 0 (with date_hours: a time ending in "Z"), or a string holds a
  *     lone surrogate: the Python path decides then.
  *
- * Both are strict subsets of the Python paths they stand for: whatever they accept gives the same result, byte
+ * loki_entries(items) -> bytes | None, sls_logs(records, shared, stream_pairs) -> list[bytes] | None
+ *     The protobuf the Loki and SLS encoders build per entry / per record (see each function).
+ *
+ * All are strict subsets of the Python paths they stand for: whatever they accept gives the same result, byte
  * for byte (tests/test_speedups.py checks it with hypothesis); whatever they are unsure of they hand back.
  */
 #define PY_SSIZE_T_CLEAN
@@ -437,10 +440,291 @@ fail:
 }
 
 /* ---------------------------------------------------------------------------------------------------------- */
+/* protobuf: Loki entries, SLS logs */
+
+static int varint_len(uint64_t v) {
+    int n = 1;
+    while (v > 0x7F) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static int put_varint(uint64_t v) {
+    if (reserve(10) < 0)
+        return -1;
+    char *o = B.p + B.len;
+    while (v > 0x7F) {
+        *o++ = (char)((v & 0x7F) | 0x80);
+        v >>= 7;
+    }
+    *o++ = (char)v;
+    B.len = o - B.p;
+    return 0;
+}
+
+/* The UTF-8 length of a str; -1 if it holds a surrogate (which strict UTF-8 cannot carry). */
+static Py_ssize_t utf8_len(PyObject *s) {
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    if (PyUnicode_IS_ASCII(s))
+        return n;
+    int kind = PyUnicode_KIND(s);
+    const void *data = PyUnicode_DATA(s);
+    Py_ssize_t out = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c < 0x80)
+            out += 1;
+        else if (c < 0x800)
+            out += 2;
+        else if (c < 0x10000) {
+            if (c >= 0xD800 && c <= 0xDFFF)
+                return -1;
+            out += 3;
+        } else
+            out += 4;
+    }
+    return out;
+}
+
+/* Appends a str (checked by utf8_len) as UTF-8. */
+static int put_utf8(PyObject *s, Py_ssize_t nbytes) {
+    if (reserve(nbytes) < 0)
+        return -1;
+    if (PyUnicode_IS_ASCII(s)) {
+        memcpy(B.p + B.len, PyUnicode_DATA(s), (size_t)nbytes);
+        B.len += nbytes;
+        return 0;
+    }
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    int kind = PyUnicode_KIND(s);
+    const void *data = PyUnicode_DATA(s);
+    char *o = B.p + B.len;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c < 0x80) {
+            *o++ = (char)c;
+        } else if (c < 0x800) {
+            *o++ = (char)(0xC0 | (c >> 6));
+            *o++ = (char)(0x80 | (c & 0x3F));
+        } else if (c < 0x10000) {
+            *o++ = (char)(0xE0 | (c >> 12));
+            *o++ = (char)(0x80 | ((c >> 6) & 0x3F));
+            *o++ = (char)(0x80 | (c & 0x3F));
+        } else {
+            *o++ = (char)(0xF0 | (c >> 18));
+            *o++ = (char)(0x80 | ((c >> 12) & 0x3F));
+            *o++ = (char)(0x80 | ((c >> 6) & 0x3F));
+            *o++ = (char)(0x80 | (c & 0x3F));
+        }
+    }
+    B.len = o - B.p;
+    return 0;
+}
+
+/* a proto3 string field (omitted when empty); the caller checked the str */
+static int put_str_field(int key, PyObject *s, Py_ssize_t nbytes) {
+    if (nbytes == 0)
+        return 0;
+    if (reserve(1) < 0)
+        return -1;
+    B.p[B.len++] = (char)key;
+    if (put_varint((uint64_t)nbytes) < 0 || put_utf8(s, nbytes) < 0)
+        return -1;
+    return 0;
+}
+
+static void release_buffer(void) {
+    if (B.cap > (1 << 22)) { /* a huge batch grew the buffer: give it back */
+        PyMem_Free(B.p);
+        B.p = NULL;
+        B.cap = B.len = 0;
+    }
+}
+
+/* loki_entries(items) -> bytes | None: the `entries` (field 2) of a Loki StreamAdapter, one EntryAdapter per item
+   (labels, time_ns, line, ((name, value), ...)) as protobuf serializes it: timestamp {seconds, nanos} (Python's
+   divmod, zero fields left out), line and the metadata pairs (empty strings left out). None when an item is not
+   such a tuple of exact types or a string holds a surrogate (the Python path puts U+FFFD in then). */
+static PyObject *loki_entries(PyObject *self, PyObject *args) {
+    PyObject *items;
+    if (!PyArg_ParseTuple(args, "O!", &PyList_Type, &items))
+        return NULL;
+    B.len = 0;
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *it = PyList_GET_ITEM(items, i);
+        if (!PyTuple_CheckExact(it) || PyTuple_GET_SIZE(it) != 4)
+            goto decline;
+        PyObject *ts = PyTuple_GET_ITEM(it, 1), *line = PyTuple_GET_ITEM(it, 2), *md = PyTuple_GET_ITEM(it, 3);
+        if (!PyLong_CheckExact(ts) || !PyUnicode_CheckExact(line) || !PyTuple_CheckExact(md))
+            goto decline;
+        int overflow = 0;
+        long long t = PyLong_AsLongLongAndOverflow(ts, &overflow);
+        if (overflow || (t == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            goto decline;
+        }
+        long long secs = t / 1000000000LL, nanos = t % 1000000000LL;
+        if (nanos < 0) { /* floor division, as divmod */
+            nanos += 1000000000LL;
+            secs -= 1;
+        }
+        Py_ssize_t llen = utf8_len(line);
+        if (llen < 0)
+            goto decline;
+        Py_ssize_t nmd = PyTuple_GET_SIZE(md);
+        Py_ssize_t mdlen = 0;
+        for (Py_ssize_t j = 0; j < nmd; j++) {
+            PyObject *pair = PyTuple_GET_ITEM(md, j);
+            if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2)
+                goto decline;
+            PyObject *k = PyTuple_GET_ITEM(pair, 0), *v = PyTuple_GET_ITEM(pair, 1);
+            if (!PyUnicode_CheckExact(k) || !PyUnicode_CheckExact(v))
+                goto decline;
+            Py_ssize_t kl = utf8_len(k), vl = utf8_len(v);
+            if (kl < 0 || vl < 0)
+                goto decline;
+            Py_ssize_t pl = (kl ? 1 + varint_len((uint64_t)kl) + kl : 0) + (vl ? 1 + varint_len((uint64_t)vl) + vl : 0);
+            mdlen += 1 + varint_len((uint64_t)pl) + pl;
+        }
+        Py_ssize_t tslen = (secs ? 1 + varint_len((uint64_t)secs) : 0) + (nanos ? 1 + varint_len((uint64_t)nanos) : 0);
+        Py_ssize_t elen = 1 + varint_len((uint64_t)tslen) + tslen + (llen ? 1 + varint_len((uint64_t)llen) + llen : 0)
+                          + mdlen;
+        if (reserve(2) < 0)
+            goto fail;
+        B.p[B.len++] = 0x12;
+        if (put_varint((uint64_t)elen) < 0 || reserve(1) < 0)
+            goto fail;
+        B.p[B.len++] = 0x0A;
+        if (put_varint((uint64_t)tslen) < 0)
+            goto fail;
+        if (secs) {
+            if (reserve(1) < 0)
+                goto fail;
+            B.p[B.len++] = 0x08;
+            if (put_varint((uint64_t)secs) < 0)
+                goto fail;
+        }
+        if (nanos) {
+            if (reserve(1) < 0)
+                goto fail;
+            B.p[B.len++] = 0x10;
+            if (put_varint((uint64_t)nanos) < 0)
+                goto fail;
+        }
+        if (put_str_field(0x12, line, llen) < 0)
+            goto fail;
+        for (Py_ssize_t j = 0; j < nmd; j++) {
+            PyObject *pair = PyTuple_GET_ITEM(md, j);
+            PyObject *k = PyTuple_GET_ITEM(pair, 0), *v = PyTuple_GET_ITEM(pair, 1);
+            Py_ssize_t kl = utf8_len(k), vl = utf8_len(v);
+            Py_ssize_t pl = (kl ? 1 + varint_len((uint64_t)kl) + kl : 0) + (vl ? 1 + varint_len((uint64_t)vl) + vl : 0);
+            if (reserve(1) < 0)
+                goto fail;
+            B.p[B.len++] = 0x1A;
+            if (put_varint((uint64_t)pl) < 0 || put_str_field(0x0A, k, kl) < 0 || put_str_field(0x12, v, vl) < 0)
+                goto fail;
+        }
+    }
+    PyObject *out = PyBytes_FromStringAndSize(B.p, B.len);
+    release_buffer();
+    return out;
+decline:
+    release_buffer();
+    Py_RETURN_NONE;
+fail:
+    release_buffer();
+    return NULL;
+}
+
+/* sls_logs(records, shared, stream_pairs) -> list[bytes] | None: one encoded SLS `Log` (LogGroup field 1) per CRI
+   record, as SlsPutLogs._uniform_logs builds it: Time (varint seconds), the batch's `shared` Contents, the
+   `message` Content, the stream's Content from `stream_pairs`, Time_ns (fixed32). None when a record is not a
+   7-key CRI record with a str message, an int time_ns >= 0 and a stream found in `stream_pairs`, or the message
+   holds a surrogate. */
+static PyObject *sls_logs(PyObject *self, PyObject *args) {
+    PyObject *records, *shared, *pairs;
+    if (!PyArg_ParseTuple(args, "O!O!O!", &PyList_Type, &records, &PyBytes_Type, &shared, &PyDict_Type, &pairs))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(records);
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *rec = PyList_GET_ITEM(records, i);
+        if (!PyDict_CheckExact(rec) || PyDict_GET_SIZE(rec) != 7)
+            goto decline;
+        PyObject *msg = PyDict_GetItemWithError(rec, k_message);
+        PyObject *stream = msg ? PyDict_GetItemWithError(rec, k_stream) : NULL;
+        PyObject *tns = stream ? PyDict_GetItemWithError(rec, k_time_ns) : NULL;
+        if (PyErr_Occurred())
+            goto fail;
+        if (tns == NULL || !PyUnicode_CheckExact(msg) || !PyLong_CheckExact(tns))
+            goto decline;
+        int c1 = PyDict_Contains(rec, k_offset), c2 = c1 > 0 ? PyDict_Contains(rec, k_time) : c1;
+        int c3 = c2 > 0 ? PyDict_Contains(rec, k_fragments) : c2;
+        int c4 = c3 > 0 ? PyDict_Contains(rec, k_lines) : c3;
+        if (c4 < 0)
+            goto fail;
+        if (c4 == 0)
+            goto decline;
+        PyObject *sp = PyUnicode_CheckExact(stream) ? PyDict_GetItemWithError(pairs, stream) : NULL;
+        if (PyErr_Occurred())
+            goto fail;
+        if (sp == NULL || !PyBytes_CheckExact(sp))
+            goto decline;
+        int overflow = 0;
+        long long t = PyLong_AsLongLongAndOverflow(tns, &overflow);
+        if (overflow || t < 0) {
+            PyErr_Clear();
+            goto decline;
+        }
+        uint64_t secs = (uint64_t)(t / 1000000000LL);
+        uint32_t nanos = (uint32_t)(t % 1000000000LL);
+        Py_ssize_t mlen = utf8_len(msg);
+        if (mlen < 0)
+            goto decline;
+        Py_ssize_t kv = 10 + varint_len((uint64_t)mlen) + mlen;
+        Py_ssize_t body = 1 + varint_len(secs) + PyBytes_GET_SIZE(shared) + 1 + varint_len((uint64_t)kv) + kv +
+                          PyBytes_GET_SIZE(sp) + 5;
+        B.len = 0;
+        if (reserve(1) < 0)
+            goto fail;
+        B.p[B.len++] = 0x0A;
+        if (put_varint((uint64_t)body) < 0 || put("\x08", 1) < 0 || put_varint(secs) < 0 || put_bytes(shared) < 0 ||
+            put("\x12", 1) < 0 || put_varint((uint64_t)kv) < 0 || put("\x0a\x07message\x12", 10) < 0 ||
+            put_varint((uint64_t)mlen) < 0 || put_utf8(msg, mlen) < 0 || put_bytes(sp) < 0)
+            goto fail;
+        char tail[5] = {0x25, (char)(nanos & 0xFF), (char)((nanos >> 8) & 0xFF), (char)((nanos >> 16) & 0xFF),
+                        (char)((nanos >> 24) & 0xFF)};
+        if (put(tail, 5) < 0)
+            goto fail;
+        PyObject *item = PyBytes_FromStringAndSize(B.p, B.len);
+        if (item == NULL)
+            goto fail;
+        PyList_SET_ITEM(out, i, item);
+    }
+    release_buffer();
+    return out;
+decline:
+    release_buffer();
+    Py_DECREF(out);
+    Py_RETURN_NONE;
+fail:
+    release_buffer();
+    Py_DECREF(out);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
     {"cri_records", cri_records, METH_VARARGS, "CRI lines -> (records, indices of P lines) or None"},
     {"es_items", es_items, METH_VARARGS, "CRI records -> Elasticsearch bulk items or None"},
+    {"loki_entries", loki_entries, METH_VARARGS, "Loki items of one stream -> its encoded entries or None"},
+    {"sls_logs", sls_logs, METH_VARARGS, "CRI records -> encoded SLS Log messages or None"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -14,10 +14,14 @@ from typing import Any
 
 CriRecords = Callable[[list[str], list[int], tuple[str, str]], tuple[list[dict[str, Any]], list[int]] | None]
 EsItems = Callable[[list[dict[str, Any]], bytes | Callable[[str], bytes], bytes | None, bool], list[bytes] | None]
+LokiEntries = Callable[[list[tuple[str, int, str, tuple[tuple[str, str], ...]]]], bytes | None]
+SlsLogs = Callable[[list[dict[str, Any]], bytes, dict[str, bytes]], list[bytes] | None]
 cri_records: CriRecords | None
 es_items: EsItems | None
+loki_entries: LokiEntries | None
+sls_logs: SlsLogs | None
 
-cri_records = es_items = None
+cri_records = es_items = loki_entries = sls_logs = None
 if not os.environ.get("LOGAGENT_NO_SPEEDUPS"):
     try:
         from logagent import _speedups
@@ -26,3 +30,5 @@ if not os.environ.get("LOGAGENT_NO_SPEEDUPS"):
     else:
         cri_records = _speedups.cri_records
         es_items = _speedups.es_items
+        loki_entries = _speedups.loki_entries
+        sls_logs = _speedups.sls_logs

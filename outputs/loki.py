@@ -68,7 +68,7 @@ from typing import Any
 import orjson
 import xxhash
 
-from logagent import metrics
+from logagent import metrics, speedups
 from logagent.component import Context
 from logagent.config import Section
 from logagent.delivery import (
@@ -90,6 +90,7 @@ from logagent.delivery import (
 )
 from logagent.outputs.loki_answers import refused
 from logagent.outputs.proto.logproto_pb2 import PushRequest
+from logagent.outputs.protowire import varint
 from logagent.record import Batch
 from logagent.redact import excerpt, mask
 from logagent.timefmt import rfc3339_ns
@@ -146,8 +147,22 @@ def _utf8_doc(value: Any) -> Any:
     return value
 
 
-def push_body(streams: dict[str, list[Item]]) -> bytes:
-    """The protobuf `PushRequest` of entries grouped by stream (each list already in time order)."""
+def push_body(streams: dict[str, list[Item]], native: bool = True) -> bytes:
+    """The protobuf `PushRequest` of entries grouped by stream (each list already in time order). The entries of
+    a stream are encoded by the accelerator (`logagent.speedups`) when it is there and takes them: the same bytes
+    as the generated classes give."""
+    fast = speedups.loki_entries if native else None
+    if fast is not None:
+        out = []
+        for labels, entries in streams.items():
+            encoded = fast(entries)
+            if encoded is None or not labels.isascii():  # (a label string is ASCII once sanitised)
+                break
+            lb = labels.encode()
+            body = (b"\x0a" + varint(len(lb)) + lb if lb else b"") + encoded
+            out.append(b"\x0a" + varint(len(body)) + body)
+        else:
+            return b"".join(out)
     req = PushRequest()
     for labels, entries in streams.items():
         stream = req.streams.add(labels=labels)

@@ -1,7 +1,8 @@
 """The native accelerator (logagent/_speedups.c) gives exactly what the pure-Python paths give.
 
 Both paths run on the same generated input: CRI batches fed in sequence to a native and a pure-Python `CriJoiner`
-(partial lines carry from batch to batch), and record batches encoded by a native and a pure-Python `BulkCodec`.
+(partial lines carry from batch to batch), record batches encoded by a native and a pure-Python `BulkCodec` and
+`SlsPutLogs`, and Loki entries pushed through `push_body` both ways.
 The generators aim at the accelerator's edges: timestamps one character off the accepted form (no fraction, ten
 digits, `.Z`, a numeric zone, February 30th, hour 24, years out of the 64-bit range), tags other than `P`/`F`,
 streams other than stdout/stderr, messages with every JSON escape, non-BMP characters and lone surrogates. A
@@ -21,11 +22,14 @@ from hypothesis import strategies as st
 
 from logagent import speedups
 from logagent.config import Section
+from logagent.outputs import loki, sls
 from logagent.outputs.elasticsearch import BulkCodec, ElasticsearchOutput
+from logagent.outputs.proto.logproto_pb2 import PushRequest
 from logagent.parsers.cri import CriJoiner
 from logagent.record import Batch
 
-pytestmark = pytest.mark.skipif(speedups.cri_records is None or speedups.es_items is None,
+pytestmark = pytest.mark.skipif(None in (speedups.cri_records, speedups.es_items, speedups.loki_entries,
+                                        speedups.sls_logs),
                                 reason="the native accelerator is not built (pip install -e . builds it)")
 
 _GOOD_STAMPS = ["2024-05-14T09:12:03.123456789Z", "2024-05-14T09:12:03.5Z", "2024-05-14T09:12:03Z",
@@ -189,3 +193,82 @@ def test_es_native_path_takes_the_common_batch() -> None:
     assert orjson.loads(action) == {"create": {"_index": "logagent-2024.05.14", "_id": "file:abc:%x" % (4096 + len(
         lines[0].encode()) + 1)}}
     assert orjson.loads(doc)["message"] == "first of ten é 😀"
+
+
+# what lines and metadata values hold: text, undecodable bytes kept as surrogates (\udc80-\udcff) by the reader
+texts = st.one_of(st.text(st.characters(blacklist_categories=("Cs",)), max_size=30),
+                  st.sampled_from(["", "é😀", "\udcff raw byte", "a\x00b", "\udc80\udcc3"]))
+names = st.text(st.characters(blacklist_categories=("Cs",)), max_size=10)  # from the config: never surrogates
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(['{job="logagent"}', '{app="web", pod="web-0"}', "", '{a="é"}']),
+                       st.lists(st.tuples(st.integers(-(1 << 63), (1 << 63) - 1) | st.integers(-(10 ** 12), 10 ** 12),
+                                          texts, st.lists(st.tuples(names, texts), max_size=3).map(tuple)),
+                                max_size=6), max_size=3))
+def test_loki_native_and_python_push_bodies_agree(streams: dict[str, list[tuple[int, str, Any]]]) -> None:
+    items = {labels: [(labels, ts, line, md) for ts, line, md in entries] for labels, entries in streams.items()}
+    native, python = loki.push_body(items, native=True), loki.push_body(items, native=False)
+    assert native == python
+    req = PushRequest()
+    req.ParseFromString(native)
+    assert [len(s.entries) for s in req.streams] == [len(e) for e in items.values()]
+
+
+def test_loki_native_path_takes_the_common_push() -> None:
+    assert speedups.loki_entries is not None
+    md = (("pod_uid", "uid-1"), ("filename", "/var/log/pods/a/0.log"), ("", "empty name"))
+    entries = [('{app="web"}', 1_715_677_923_000_000_001, "GET / 200 é", md), ('{app="web"}', 0, "", ()),
+               ('{app="web"}', -1, "before the epoch", ())]
+    assert speedups.loki_entries(entries) is not None
+    body = loki.push_body({'{app="web"}': entries})
+    assert body == loki.push_body({'{app="web"}': entries}, native=False)
+    req = PushRequest()
+    req.ParseFromString(body)
+    e = req.streams[0].entries
+    assert (e[0].timestamp.seconds, e[0].timestamp.nanos, e[0].line) == (1_715_677_923, 1, "GET / 200 é")
+    assert [(m.name, m.value) for m in e[0].structuredMetadata] == list(md)
+    assert (e[2].timestamp.seconds, e[2].timestamp.nanos) == (-1, 999_999_999)
+
+
+def _sls(native: bool, settings: dict[str, Any]) -> sls.SlsPutLogs:
+    section = Section({"endpoint": "cn-hangzhou.log.aliyuncs.com", "project": "p", "logstore": "l",
+                       "access_key_id": "a", "access_key_secret": "b", "source": "node-a", **settings},
+                      "outputs[0]", "test.yaml")
+    return sls.SlsPutLogs("out", sls.SlsOutput.parse_settings(section), native=native)
+
+
+def _parts(codec: sls.SlsPutLogs, batch: Batch) -> tuple[str, Any]:
+    try:
+        return "ok", codec.parts(batch)
+    except Exception as e:  # both paths must fail alike
+        return "error", type(e).__name__
+
+
+@st.composite
+def sls_records(draw: st.DrawFn, odd_too: bool) -> dict[str, Any]:
+    rec = draw(cri_records(odd_too))
+    if draw(st.booleans()):
+        rec["time_ns"] = draw(st.integers(0, 1 << 63) | st.sampled_from([-1, 1 << 64, 1.5]))
+    return rec
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.lists(sls_records(False), min_size=1, max_size=10),
+                 st.lists(sls_records(True), min_size=1, max_size=10)),
+       st.sampled_from([{}, {"fields": "all"}, {"fields": ["offset"]}, {"topic": "{kubernetes.namespace}"}]))
+def test_sls_native_and_python_encoders_agree(records: list[dict[str, Any]], settings: dict[str, Any]) -> None:
+    meta = {"input": "containers", "path": "/p", "source_id": "file:1", "pos_key": "offset",
+            "kubernetes": {"namespace": "shop", "pod": "web-0", "container": "main"}}
+    native, python = _sls(True, settings), _sls(False, settings)
+    assert _parts(native, Batch("kube", records, meta)) == _parts(python, Batch("kube", records, meta))
+
+
+def test_sls_native_path_takes_the_common_batch() -> None:
+    assert speedups.sls_logs is not None
+    lines = ["2024-05-14T09:12:03.5Z stdout F GET / 200 é", "2024-05-14T09:12:04Z stderr F 😀"]
+    records = CriJoiner().feed(lines, _offsets(lines, 0))
+    meta = {"kubernetes": {"namespace": "shop"}, "source_id": "file:1", "pos_key": "offset"}
+    native = _sls(True, {})
+    assert native._native is not None and native._native(records, b"", native._stream_pairs) is not None
+    assert native.parts(Batch("kube", records, meta)) == _sls(False, {}).parts(Batch("kube", records, meta))
