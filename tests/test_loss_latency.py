@@ -1,13 +1,16 @@
 """A busy node without rotation: 200 container files (kubelet layout) written at 5,000 lines/s in total; every line
 must reach the Elasticsearch-faithful receiver within 2 s of being written. Latency is measured per line: each
-line carries the wall-clock time it was written, the receiver stamps when it stored it."""
+line carries the wall-clock time it was written (by a writer process of its own, `tests.latency_writer`), the
+receiver stamps the moment the request holding it had arrived (not when this process got round to decoding it)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
+import sys
 import threading
-import time
 from pathlib import Path
 
 from tests.helpers import async_wait_for
@@ -15,26 +18,27 @@ from tests.loss_support import AgentProcess, KubeletNode, TimedReceiver, es_agen
 
 
 def _write(node: KubeletNode, rate: float, seconds: float, stop: threading.Event) -> None:
-    """One thread for all files (round robin, one write(2) per line), paced to `rate` lines/s in total."""
-    files = [open(c.log, "ab", buffering=0) for c in node.containers]
+    """One process for all files (`tests.latency_writer`: round robin, one write(2) per line), paced to `rate`
+    lines/s in total; `node.count` gets the lines written per file."""
+    cmd = [sys.executable, "-m", "tests.latency_writer", str(rate), str(seconds),
+           *(str(c.log) for c in node.containers)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parent.parent)
     try:
-        start = time.monotonic()
-        i = 0
-        total = int(rate * seconds)
-        while i < total and not stop.is_set():
-            ahead = i / rate - (time.monotonic() - start)
-            if ahead > 0:
-                time.sleep(ahead)
-            n = i % len(files)
-            seq = i // len(files)
-            stamp = time.time()
-            files[n].write(f"2024-05-14T09:12:05.000000000Z stdout F c{n}-{seq:07d} t={stamp:.6f} "
-                           f"GET /api/v1/items?page={seq} 200\n".encode())
-            node.count[n] = seq + 1
-            i += 1
+        while proc.poll() is None and not stop.is_set():
+            try:
+                proc.wait(0.1)
+            except subprocess.TimeoutExpired:
+                pass
+        if proc.poll() is None:
+            proc.terminate()
+        out, _ = proc.communicate(timeout=30)
     finally:
-        for f in files:
-            f.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, proc.returncode
+    for n, count in enumerate(json.loads(out)):
+        node.count[n] = count
 
 
 async def test_200_files_at_5000_lines_per_second_every_line_within_2_s(tmp_path: Path) -> None:

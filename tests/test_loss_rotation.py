@@ -10,7 +10,15 @@ import random
 from pathlib import Path
 
 from tests.helpers import async_wait_for
-from tests.loss_support import AgentProcess, KubeletNode, Stored, TimedReceiver, es_agent_config, kill_loop
+from tests.loss_support import (
+    AgentProcess,
+    KubeletNode,
+    Stored,
+    TimedReceiver,
+    es_agent_config,
+    kill_loop,
+    line_id,
+)
 
 
 async def _run(tmp_path: Path, node: KubeletNode, kills: int = 0,
@@ -30,9 +38,13 @@ async def _run(tmp_path: Path, node: KubeletNode, kills: int = 0,
             await asyncio.to_thread(kill_loop, agent, kills, lambda: True, random.Random(seed), 0.2, 1.5, caught_up)
             node.stop()
         await asyncio.to_thread(node.join, 120)
-        expected = len(node.expected)
+        expected = set(node.expected)
+
+        def all_stored() -> bool:  # distinct lines: a line stored twice must not stand in for one never stored
+            return len(rec.docs) >= len(expected) and expected <= {line_id(d["message"]) for d in rec.docs.values()}
+
         try:
-            await async_wait_for(lambda: len(rec.docs) >= expected or not agent.alive(), timeout=60,
+            await async_wait_for(lambda: all_stored() or not agent.alive(), timeout=60, interval=0.2,
                                  what="every line stored")
         except AssertionError:
             pass  # what is missing is reported below, line by line
