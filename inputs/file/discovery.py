@@ -41,6 +41,7 @@ class FileGlobs:
         self.paths = paths
         self.exclude = exclude
         self._split = [p.split("/") for p in paths]
+        self._real: dict[str, tuple[str, str]] = {}  # link -> (what it says, the real path it resolved to)
 
     def excluded(self, path: str) -> bool:
         base = os.path.basename(path)
@@ -73,7 +74,7 @@ class FileGlobs:
                 seen.add(path)
                 try:
                     if stat.S_ISLNK(os.lstat(path).st_mode):
-                        out.links[path] = os.path.realpath(path)
+                        out.links[path] = self._resolve(path)
                     st = os.stat(path)
                 except OSError:
                     out.vanished.append(path)
@@ -82,7 +83,27 @@ class FileGlobs:
                     out.directories.append(path)
                     continue
                 out.files[path] = Found(path, st.st_dev, st.st_ino, st.st_size)
+        if len(self._real) > len(out.links):
+            self.forget_links(set(out.links))
         return out
+
+    def _resolve(self, link: str) -> str:
+        """The real path behind `link`, resolved again only when the link itself changed: a node's hundreds of
+        `/var/log/containers` links are rescanned every poll, and `realpath` costs an lstat per path component.
+        (A directory on the target's way turned into a link is seen late: events are then mapped by the poll,
+        which stats through the link, and opening is confined on its own, `confine`.)"""
+        says = os.readlink(link)
+        known = self._real.get(link)
+        if known is not None and known[0] == says:
+            return known[1]
+        real = os.path.realpath(link)
+        self._real[link] = (says, real)
+        return real
+
+    def forget_links(self, present: set[str]) -> None:
+        """Drop the cached resolutions of links that are gone."""
+        for link in [k for k in self._real if k not in present]:
+            del self._real[link]
 
     def watch_roots(self) -> list[tuple[str, int]]:
         """(directory, depth) to watch for files appearing: the fixed prefix of each glob, and how many levels of
