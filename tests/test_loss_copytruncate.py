@@ -152,9 +152,9 @@ def _append(path: Path, start: int, n: int) -> int:
     return start + n
 
 
-def _logrotate(path: Path, keep: int = 5, compress: bool = False) -> None:
+def _logrotate(path: Path, keep: int = 5, compress: bool = False, truncate: bool = True) -> None:
     """logrotate `copytruncate` (+ `compress` with `delaycompress`): the numbered copies shift up (`.2` and older
-    gzipped), the file is copied to `.1`, then truncated."""
+    gzipped), the file is copied to `.1`, then truncated (unless `truncate` is False: stopped between the two)."""
     d, name = path.parent, path.name
 
     def numbered(n: int) -> Path:
@@ -176,13 +176,15 @@ def _logrotate(path: Path, keep: int = 5, compress: bool = False) -> None:
             dest.unlink()
     with open(path, "rb") as src_f, open(d / f"{name}.1", "wb") as dst_f:
         dst_f.write(src_f.read())
-    os.truncate(path, 0)
+    if truncate:
+        os.truncate(path, 0)
 
 
 async def test_copytruncate_restart_cases_each_kill_9_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     """The agent `kill -9`ed at each step of a copytruncate, and restarted once logrotate has gone on: (a) after the
     copy was made, before the truncation; (b) after the truncation, before it was noticed; (c) while the unread
-    tail was being finished from the copy; (d) after logrotate shifted the copies and compressed the older ones.
+    tail was being finished from the copy; (d) after logrotate shifted the copies and compressed the older ones;
+    (e) down across one copytruncate and the copy of the next.
     The stored position (inode, offset, fingerprint, generation id) is matched against the live file and every
     copy: each line arrives once, the copies of generations already read are not read again under other ids."""
     rec = await TimedReceiver().start()
@@ -249,6 +251,19 @@ async def test_copytruncate_restart_cases_each_kill_9_loses_and_duplicates_nothi
         _logrotate(log, compress=True)
         n = _append(log, n, 200)
         await all_stored("lines written after the last rotation")
+        # (e) killed; logrotate copies and truncates, the writer goes on, logrotate copies again and the agent is
+        # back before that second truncation: the older copy is a generation it never saw, the newer one a copy of
+        # what the file still holds
+        agent.kill9()
+        n = _append(log, n, 1000)
+        _logrotate(log)
+        n = _append(log, n, 800)
+        _logrotate(log, truncate=False)
+        await restart()
+        await all_stored("(e) the generation made while down, and the file's")
+        os.truncate(log, 0)
+        n = _append(log, n, 300)
+        await all_stored("(e) after the second truncation")
     finally:
         code = agent.stop()
         await rec.stop()
@@ -257,5 +272,5 @@ async def test_copytruncate_restart_cases_each_kill_9_loses_and_duplicates_nothi
     assert check.lost == [], check.summary() + "\n" + agent.log_tail()
     assert check.duplicated == [], f"{len(check.duplicated)} lines stored twice, e.g. {check.duplicated[:5]}"
     assert sorted(p.name for p in logs.iterdir()) == [
-        "app.log", "app.log.1", "app.log.2.gz", "app.log.3.gz", "app.log.4.gz", "app.log.5.gz"]
+        "app.log", "app.log.1", "app.log.2", "app.log.3", "app.log.4.gz", "app.log.5.gz"]
     assert rec.conflicts > 0  # the kills made the agent send lines again; each was answered 409

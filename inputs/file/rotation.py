@@ -303,6 +303,7 @@ class Rotation:
             after = os.stat(where).st_mtime
         except OSError:
             return
+        live = _head(name, self.opener.settings.fingerprint_bytes)
         prev = sid
         for mtime, path, info in siblings:
             if mtime <= after or path == where:
@@ -312,14 +313,11 @@ class Rotation:
             if open_tail is not None:
                 prev = open_tail.source_id or prev
                 continue
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
-            except OSError:
+            head = _head(path, self.opener.settings.fingerprint_bytes, follow=False)
+            if head is None:
                 continue
-            try:
-                head = read_head(fd, self.opener.settings.fingerprint_bytes)
-            finally:
-                os.close(fd)
+            if live and _same_start(head, live):
+                break  # a copy of the generation the live file still holds (copied, not truncated yet): left to it
             gen = source_id(dev, ino, head, prev, len(head) >= self.opener.settings.fingerprint_bytes)
             if gen is None:
                 continue  # not even one complete line: read as an unknown file
@@ -336,19 +334,15 @@ class Rotation:
         self.opener.parents[file_key(dev, ino)] = prev
 
     def _read_already(self, name: str, path: str) -> bool:
-        """`path` starts with the bytes of a generation of `name` being read (a copy made but not yet truncated:
-        the original is read, and its copy taken over if it is truncated)."""
-        fps = [t.fp for t in self.tails.tails.values() if t.path == name and t.readable and t.fp.length]
-        if not fps:
+        """`path` starts with the bytes of a generation of `name` being read, or of the file now under `name` (a
+        copy made but not yet truncated: the original is read, and its copy taken over if it is truncated)."""
+        limit = self.opener.settings.fingerprint_bytes
+        head = _head(path, limit, follow=False)
+        if not head:
             return False
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
-        except OSError:
-            return False
-        try:
-            return any(matches(fd, fp) for fp in fps)
-        finally:
-            os.close(fd)
+        heads = [_head(name, limit)] + [read_head(t.fd, t.fp.length) for t in self.tails.tails.values()
+                                        if t.path == name and t.readable and t.fp.length and not t.closed]
+        return any(h and _same_start(head, h) for h in heads)
 
     def _open_unknown(self, name: str, path: str, known: set[str]) -> None:
         tail = self.opener.open(path, name=name, orphaned=True, known=self.tails.tails.get)
@@ -362,6 +356,27 @@ class Rotation:
 
 
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
+
+
+def _same_start(a: bytes, b: bytes) -> bool:
+    """Two files' first bytes are those of one generation: equal as far as both go, and that far holds at least
+    one whole line (a shared timestamp prefix of two different first lines is not enough)."""
+    n = min(len(a), len(b))
+    return n > 0 and a[:n] == b[:n] and b"\n" in a[:n]
+
+
+def _head(path: str, limit: int, follow: bool = True) -> bytes | None:
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        return read_head(fd, limit)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _key_of(path: str) -> str | None:
