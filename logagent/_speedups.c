@@ -28,12 +28,6 @@
 #include <stdint.h>
 #include <string.h>
 
-#if PY_VERSION_HEX < 0x030D0000
-#define NEW_RECORD() _PyDict_NewPresized(7)
-#else
-#define NEW_RECORD() PyDict_New()
-#endif
-
 static PyObject *k_message, *k_offset, *k_time, *k_time_ns, *k_stream, *k_fragments, *k_lines, *one;
 
 /* ---------------------------------------------------------------------------------------------------------- */
@@ -53,17 +47,10 @@ static int is_leap(int y) { return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
 
 #define DIG(c) ((c) >= '0' && (c) <= '9')
 
-/* Parses `YYYY-MM-DDTHH:MM:SS[.fffffffff]Z` at data[0..n) (n: the length of the first field); 0 on success. */
-static int parse_z(const void *data, int kind, Py_ssize_t n, int64_t *ns_out) {
-    char b[31];
+/* Parses `YYYY-MM-DDTHH:MM:SS[.fffffffff]Z` in b[0..n) (n: the length of the first field); 0 on success. */
+static int parse_z_bytes(const char *b, Py_ssize_t n, int64_t *ns_out) {
     if (n < 20 || n > 30)
         return -1;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_UCS4 c = PyUnicode_READ(kind, data, i);
-        if (c > 127)
-            return -1;
-        b[i] = (char)c;
-    }
     if (!(DIG(b[0]) && DIG(b[1]) && DIG(b[2]) && DIG(b[3]) && b[4] == '-' && DIG(b[5]) && DIG(b[6]) &&
           b[7] == '-' && DIG(b[8]) && DIG(b[9]) && b[10] == 'T' && DIG(b[11]) && DIG(b[12]) && b[13] == ':' &&
           DIG(b[14]) && DIG(b[15]) && b[16] == ':' && DIG(b[17]) && DIG(b[18]) && b[n - 1] == 'Z'))
@@ -105,8 +92,38 @@ static int parse_z(const void *data, int kind, Py_ssize_t n, int64_t *ns_out) {
     return 0;
 }
 
+/* the same for a str of any kind: its first n characters, ASCII only */
+static int parse_z(const void *data, int kind, Py_ssize_t n, int64_t *ns_out) {
+    char b[31];
+    if (n < 20 || n > 30)
+        return -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c > 127)
+            return -1;
+        b[i] = (char)c;
+    }
+    return parse_z_bytes(b, n, ns_out);
+}
+
 /* ---------------------------------------------------------------------------------------------------------- */
 /* cri_records */
+
+/* {"message", "offset", "time", "time_ns": None, "stream": stream, "fragments": 1, "lines": 1}: the keys in the
+   order the Python comprehension writes them */
+static PyObject *template(PyObject *stream) {
+    PyObject *t = PyDict_New();
+    if (t == NULL)
+        return NULL;
+    if (PyDict_SetItem(t, k_message, Py_None) < 0 || PyDict_SetItem(t, k_offset, Py_None) < 0 ||
+        PyDict_SetItem(t, k_time, Py_None) < 0 || PyDict_SetItem(t, k_time_ns, Py_None) < 0 ||
+        PyDict_SetItem(t, k_stream, stream) < 0 || PyDict_SetItem(t, k_fragments, one) < 0 ||
+        PyDict_SetItem(t, k_lines, one) < 0) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    return t;
+}
 
 static PyObject *cri_records(PyObject *self, PyObject *args) {
     PyObject *lines, *offsets, *streams;
@@ -120,7 +137,10 @@ static PyObject *cri_records(PyObject *self, PyObject *args) {
     PyObject *s_out = PyTuple_GET_ITEM(streams, 0), *s_err = PyTuple_GET_ITEM(streams, 1);
     PyObject *records = PyList_New(n);
     PyObject *pieces = PyList_New(0);
-    if (records == NULL || pieces == NULL)
+    /* one template per stream, copied per record (a combined dict is copied with one memcpy of its table) and its
+       four per-line values replaced: cheaper than inserting seven keys */
+    PyObject *t_out = NULL, *t_err = NULL;
+    if (records == NULL || pieces == NULL || (t_out = template(s_out)) == NULL || (t_err = template(s_err)) == NULL)
         goto fail;
     for (Py_ssize_t i = 0; i < n; i++) {
         if (i >= PyList_GET_SIZE(lines) || i >= PyList_GET_SIZE(offsets))
@@ -134,34 +154,47 @@ static PyObject *cri_records(PyObject *self, PyObject *args) {
         const void *data = PyUnicode_DATA(line);
         /* the first field: up to the first space */
         Py_ssize_t sp = -1;
-        for (Py_ssize_t j = 0; j < len && j <= 30; j++) {
-            if (PyUnicode_READ(kind, data, j) == ' ') {
-                sp = j;
-                break;
+        int64_t tns;
+        int is_out = 0, is_err = 0;
+        Py_UCS4 tag = 0;
+        if (kind == PyUnicode_1BYTE_KIND) { /* (nearly every line): bytes compared in place */
+            const char *d = (const char *)data;
+            const char *hit = memchr(d, ' ', (size_t)(len < 31 ? len : 31));
+            sp = hit ? hit - d : -1;
+            if (sp >= 0 && len >= sp + 10 && parse_z_bytes(d, sp, &tns) == 0) {
+                is_out = memcmp(d + sp, " stdout ", 8) == 0;
+                is_err = !is_out && memcmp(d + sp, " stderr ", 8) == 0;
+                tag = (Py_UCS1)d[sp + 8];
+                if (d[sp + 9] != ' ')
+                    tag = 0;
+            }
+        } else {
+            for (Py_ssize_t j = 0; j < len && j <= 30; j++) {
+                if (PyUnicode_READ(kind, data, j) == ' ') {
+                    sp = j;
+                    break;
+                }
+            }
+            if (sp >= 0 && len >= sp + 10 && parse_z(data, kind, sp, &tns) == 0) {
+                static const char so[] = " stdout ", se[] = " stderr ";
+                is_out = is_err = 1;
+                for (int j = 0; j < 8; j++) {
+                    Py_UCS4 c = PyUnicode_READ(kind, data, sp + j);
+                    is_out &= c == (Py_UCS4)so[j];
+                    is_err &= c == (Py_UCS4)se[j];
+                }
+                tag = PyUnicode_READ(kind, data, sp + 8);
+                if (PyUnicode_READ(kind, data, sp + 9) != ' ')
+                    tag = 0;
             }
         }
-        int64_t tns;
-        if (sp < 0 || parse_z(data, kind, sp, &tns) != 0 || len < sp + 10) {
-            Py_DECREF(line);
-            goto decline;
-        }
-        /* `stdout `/`stderr ` then `P `/`F ` */
-        static const char so[] = "stdout", se[] = "stderr";
-        int is_out = 1, is_err = 1;
-        for (int j = 0; j < 6; j++) {
-            Py_UCS4 c = PyUnicode_READ(kind, data, sp + 1 + j);
-            is_out &= c == (Py_UCS4)so[j];
-            is_err &= c == (Py_UCS4)se[j];
-        }
-        Py_UCS4 tag = PyUnicode_READ(kind, data, sp + 8);
-        if (!(is_out || is_err) || PyUnicode_READ(kind, data, sp + 7) != ' ' || (tag != 'F' && tag != 'P') ||
-            PyUnicode_READ(kind, data, sp + 9) != ' ') {
+        if (!(is_out || is_err) || (tag != 'F' && tag != 'P')) {
             Py_DECREF(line);
             goto decline;
         }
         PyObject *offset = PyList_GET_ITEM(offsets, i);
         Py_INCREF(offset);
-        PyObject *rec = NEW_RECORD();
+        PyObject *rec = PyDict_Copy(is_out ? t_out : t_err);
         if (rec == NULL) {
             Py_DECREF(line);
             Py_DECREF(offset);
@@ -173,9 +206,7 @@ static PyObject *cri_records(PyObject *self, PyObject *args) {
         PyObject *nsobj = PyLong_FromLongLong(tns);
         int bad = msg == NULL || ts == NULL || nsobj == NULL || PyDict_SetItem(rec, k_message, msg) < 0 ||
                   PyDict_SetItem(rec, k_offset, offset) < 0 || PyDict_SetItem(rec, k_time, ts) < 0 ||
-                  PyDict_SetItem(rec, k_time_ns, nsobj) < 0 ||
-                  PyDict_SetItem(rec, k_stream, is_out ? s_out : s_err) < 0 ||
-                  PyDict_SetItem(rec, k_fragments, one) < 0 || PyDict_SetItem(rec, k_lines, one) < 0;
+                  PyDict_SetItem(rec, k_time_ns, nsobj) < 0;
         Py_XDECREF(msg);
         Py_XDECREF(ts);
         Py_XDECREF(nsobj);
@@ -195,14 +226,20 @@ static PyObject *cri_records(PyObject *self, PyObject *args) {
     PyObject *out = PyTuple_Pack(2, records, pieces);
     Py_DECREF(records);
     Py_DECREF(pieces);
+    Py_DECREF(t_out);
+    Py_DECREF(t_err);
     return out;
 decline:
     Py_XDECREF(records);
     Py_XDECREF(pieces);
+    Py_XDECREF(t_out);
+    Py_XDECREF(t_err);
     Py_RETURN_NONE;
 fail:
     Py_XDECREF(records);
     Py_XDECREF(pieces);
+    Py_XDECREF(t_out);
+    Py_XDECREF(t_err);
     return NULL;
 }
 
@@ -242,6 +279,19 @@ static int put(const char *s, Py_ssize_t n) {
 
 static const char HEX[] = "0123456789abcdef";
 
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+/* whether any of eight ASCII bytes is a control character, `"` or `\` (exact: no high bit is set in ASCII) */
+static inline int needs_escape8(uint64_t x) {
+    uint64_t lt = (x - ONES * 0x20) & ~x & HIGHS;
+    uint64_t q = x ^ (ONES * '"');
+    uint64_t b = x ^ (ONES * '\\');
+    q = (q - ONES) & ~q & HIGHS;
+    b = (b - ONES) & ~b & HIGHS;
+    return (lt | q | b) != 0;
+}
+
 /* A str as a JSON string, escaped as orjson escapes: `"` `\` and control characters (\b \t \n \f \r short, the
    rest \u00xx), everything else as UTF-8. Returns 1 (declined) on a lone surrogate, -1 on error, 0 on success. */
 static int put_json_str(PyObject *s) {
@@ -252,7 +302,41 @@ static int put_json_str(PyObject *s) {
         return -1;
     char *o = B.p + B.len;
     *o++ = '"';
-    if (kind == PyUnicode_1BYTE_KIND) {
+    if (PyUnicode_IS_ASCII(s)) {
+        /* runs of bytes that need no escape are copied whole */
+        const Py_UCS1 *d = (const Py_UCS1 *)data;
+        Py_ssize_t i = 0;
+        while (i < n) {
+            Py_ssize_t j = i;
+            while (j + 8 <= n) { /* eight bytes at a time (SWAR) up to one that needs an escape */
+                uint64_t x;
+                memcpy(&x, d + j, 8);
+                if (needs_escape8(x))
+                    break;
+                j += 8;
+            }
+            while (j < n && d[j] >= 0x20 && d[j] != '"' && d[j] != '\\')
+                j++;
+            memcpy(o, d + i, (size_t)(j - i));
+            o += j - i;
+            if (j == n)
+                break;
+            Py_UCS1 c = d[j];
+            *o++ = '\\';
+            switch (c) {
+            case '"': *o++ = '"'; break;
+            case '\\': *o++ = '\\'; break;
+            case '\b': *o++ = 'b'; break;
+            case '\t': *o++ = 't'; break;
+            case '\n': *o++ = 'n'; break;
+            case '\f': *o++ = 'f'; break;
+            case '\r': *o++ = 'r'; break;
+            default:
+                *o++ = 'u'; *o++ = '0'; *o++ = '0'; *o++ = HEX[c >> 4]; *o++ = HEX[c & 15];
+            }
+            i = j + 1;
+        }
+    } else if (kind == PyUnicode_1BYTE_KIND) {
         const Py_UCS1 *d = (const Py_UCS1 *)data;
         for (Py_ssize_t i = 0; i < n; i++) {
             Py_UCS1 c = d[i];
@@ -318,6 +402,43 @@ static int put_json_str(PyObject *s) {
 
 static int put_bytes(PyObject *b) { return put(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)); }
 
+/* The values of a CRI record's seven keys (message, offset, time, time_ns, stream, fragments, lines), borrowed.
+   Keys are matched by identity first (the parser's keys are the interned constants), else looked up. 1: found,
+   0: not a dict of exactly these keys, -1: an error (set). */
+enum { F_MESSAGE, F_OFFSET, F_TIME, F_TIME_NS, F_STREAM, F_FRAGMENTS, F_LINES, F_COUNT };
+
+static int cri_fields(PyObject *rec, PyObject **vals) {
+    if (!PyDict_CheckExact(rec) || PyDict_GET_SIZE(rec) != F_COUNT)
+        return 0;
+    PyObject *keys[F_COUNT] = {k_message, k_offset, k_time, k_time_ns, k_stream, k_fragments, k_lines};
+    for (int i = 0; i < F_COUNT; i++)
+        vals[i] = NULL;
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    int fast = 1;
+    while (fast && PyDict_Next(rec, &pos, &k, &v)) {
+        int idx = -1;
+        for (int i = 0; i < F_COUNT; i++) {
+            if (k == keys[i]) {
+                idx = i;
+                break;
+            }
+        }
+        if (idx < 0 || vals[idx] != NULL)
+            fast = 0;
+        else
+            vals[idx] = v;
+    }
+    if (fast)
+        return 1; /* seven distinct keys, each one of ours */
+    for (int i = 0; i < F_COUNT; i++) {
+        vals[i] = PyDict_GetItemWithError(rec, keys[i]);
+        if (vals[i] == NULL)
+            return PyErr_Occurred() ? -1 : 0;
+    }
+    return 1;
+}
+
 static PyObject *es_items(PyObject *self, PyObject *args) {
     PyObject *records, *first, *middle;
     int date_hours;
@@ -340,22 +461,15 @@ static PyObject *es_items(PyObject *self, PyObject *args) {
     Py_XINCREF(prefix);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *rec = PyList_GET_ITEM(records, i);
-        if (!PyDict_CheckExact(rec) || PyDict_GET_SIZE(rec) != 7)
-            goto decline;
-        PyObject *msg = PyDict_GetItemWithError(rec, k_message);
-        PyObject *stream = PyDict_GetItemWithError(rec, k_stream);
-        PyObject *ts = PyDict_GetItemWithError(rec, k_time);
-        PyObject *off = PyDict_GetItemWithError(rec, k_offset);
-        if (PyErr_Occurred())
+        PyObject *v[F_COUNT];
+        int got = cri_fields(rec, v);
+        if (got < 0)
             goto fail;
-        if (msg == NULL || stream == NULL || ts == NULL || off == NULL || !PyUnicode_CheckExact(msg) ||
-            !PyUnicode_CheckExact(stream) || !PyUnicode_CheckExact(ts) || !PyLong_CheckExact(off))
+        if (got == 0)
             goto decline;
-        int c1 = PyDict_Contains(rec, k_time_ns), c2 = c1 > 0 ? PyDict_Contains(rec, k_fragments) : c1;
-        int c3 = c2 > 0 ? PyDict_Contains(rec, k_lines) : c2;
-        if (c3 < 0)
-            goto fail;
-        if (c3 == 0)
+        PyObject *msg = v[F_MESSAGE], *stream = v[F_STREAM], *ts = v[F_TIME], *off = v[F_OFFSET];
+        if (!PyUnicode_CheckExact(msg) || !PyUnicode_CheckExact(stream) || !PyUnicode_CheckExact(ts) ||
+            !PyLong_CheckExact(off))
             goto decline;
         if (date_hours) {
             Py_ssize_t tl = PyUnicode_GET_LENGTH(ts);
@@ -369,9 +483,15 @@ static PyObject *es_items(PyObject *self, PyObject *args) {
                 Py_CLEAR(prefix);
                 hour = ts;
                 Py_INCREF(hour);
+                Py_INCREF(rec); /* (Python code runs: the record's values stay alive while they are used) */
                 prefix = PyObject_CallOneArg(first, ts);
-                if (prefix == NULL)
-                    goto fail;
+                if (prefix == NULL || PyList_GET_ITEM(records, i) != rec || PyDict_GET_SIZE(rec) != F_COUNT) {
+                    Py_DECREF(rec);
+                    if (prefix == NULL)
+                        goto fail;
+                    goto decline; /* the callback changed the batch: not ours to reason about */
+                }
+                Py_DECREF(rec);
                 if (!PyBytes_Check(prefix)) {
                     PyErr_SetString(PyExc_TypeError, "an hour's prefix must be bytes");
                     goto fail;
@@ -654,21 +774,14 @@ static PyObject *sls_logs(PyObject *self, PyObject *args) {
         return NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *rec = PyList_GET_ITEM(records, i);
-        if (!PyDict_CheckExact(rec) || PyDict_GET_SIZE(rec) != 7)
-            goto decline;
-        PyObject *msg = PyDict_GetItemWithError(rec, k_message);
-        PyObject *stream = msg ? PyDict_GetItemWithError(rec, k_stream) : NULL;
-        PyObject *tns = stream ? PyDict_GetItemWithError(rec, k_time_ns) : NULL;
-        if (PyErr_Occurred())
+        PyObject *v[F_COUNT];
+        int got = cri_fields(rec, v);
+        if (got < 0)
             goto fail;
-        if (tns == NULL || !PyUnicode_CheckExact(msg) || !PyLong_CheckExact(tns))
+        if (got == 0)
             goto decline;
-        int c1 = PyDict_Contains(rec, k_offset), c2 = c1 > 0 ? PyDict_Contains(rec, k_time) : c1;
-        int c3 = c2 > 0 ? PyDict_Contains(rec, k_fragments) : c2;
-        int c4 = c3 > 0 ? PyDict_Contains(rec, k_lines) : c3;
-        if (c4 < 0)
-            goto fail;
-        if (c4 == 0)
+        PyObject *msg = v[F_MESSAGE], *stream = v[F_STREAM], *tns = v[F_TIME_NS];
+        if (!PyUnicode_CheckExact(msg) || !PyLong_CheckExact(tns))
             goto decline;
         PyObject *sp = PyUnicode_CheckExact(stream) ? PyDict_GetItemWithError(pairs, stream) : NULL;
         if (PyErr_Occurred())
