@@ -1,0 +1,296 @@
+"""The outputs' HTTP/1.1 client: h11 (the protocol) over asyncio streams (the I/O), with a keep-alive pool.
+
+Why not aiohttp: importing aiohttp costs ~10.5 MB of RSS (its C parsers, multidict, yarl, propcache, frozenlist and
+~50 modules); h11 costs ~0.4 MB (measured with `python -S` after asyncio, see benchmarks/README.md). The idle
+agent's RSS target (25 MB, issue 11) cannot be met with aiohttp loaded. The outputs need little of it: a POST of a
+body already encoded, the status, the headers and the (small) response body; no proxies, no cookies, no redirects.
+
+What this client does, and is tested for against real servers on 127.0.0.1 (tests/test_httpclient.py):
+- keep-alive: a connection is reused while the server keeps it open, for at most `keepalive_timeout` seconds of
+  idleness; `Connection: close` and HTTP/1.0 answers close it. Connections per host are not limited (the
+  outputs bound their requests in flight themselves).
+- a reused connection the server closed meanwhile (the keep-alive race: EOF or reset before any byte of the
+  answer) is retried once on a new connection; any other failure is raised, never retried here.
+- responses framed by Content-Length, chunked transfer coding, or the connection's end (h11 does the framing);
+  `Content-Encoding: gzip`/`deflate` answers are decoded; an answer larger than `max_response_bytes` is refused.
+- one deadline (`timeout`) for the whole request: connect, TLS handshake, send, answer.
+- TLS with the `ssl.SSLContext` the output built (its CA, client certificate, verification), SNI by host name.
+- a server that answers early (e.g. 413) and closes while the body is still being sent: its answer is returned.
+
+Errors are `HttpError` (a `ConnectionError`: the outputs count them as transport errors and retry with backoff)
+or `asyncio.TimeoutError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+import time
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import h11
+
+USER_AGENT = "logagent/0.1"
+_READ = 65536
+
+
+class HttpError(ConnectionError):
+    """The request failed on the wire: refused, reset, closed mid-answer, or an answer that is not HTTP/1.1."""
+
+
+class _ClosedBeforeAnswer(HttpError):
+    """EOF or reset before the first byte of the answer: on a reused connection, the keep-alive race."""
+
+
+class Headers(Mapping[str, str]):
+    """Response headers, looked up without regard to case (`get("Retry-After")`); repeated names keep every
+    value (`getall`), the mapping view answers the first."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list[tuple[bytes, bytes]]) -> None:
+        self._items = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in items]
+
+    def __getitem__(self, name: str) -> str:
+        key = name.lower()
+        for k, v in self._items:
+            if k == key:
+                return v
+        raise KeyError(name)
+
+    def getall(self, name: str) -> list[str]:
+        key = name.lower()
+        return [v for k, v in self._items if k == key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(k for k, _ in self._items))
+
+    def __len__(self) -> int:
+        return len(dict.fromkeys(k for k, _ in self._items))
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+
+@dataclass
+class ClientResponse:
+    status: int
+    headers: Headers
+    body: bytes
+
+
+@dataclass
+class _Origin:
+    scheme: str
+    host: str
+    port: int
+    host_header: bytes
+    target: bytes
+    basic: bytes | None  # Authorization from user:password in the URL
+
+
+class _Conn:
+    __slots__ = ("reader", "writer", "h11", "idle_since", "reused")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.idle_since = 0.0
+        self.reused = False
+
+    def usable(self, now: float, keepalive: float) -> bool:
+        return (now - self.idle_since < keepalive and not self.writer.transport.is_closing()
+                and not self.reader.at_eof())
+
+    def close(self) -> None:
+        self.writer.transport.abort()
+
+
+class HttpClient:
+    """`await client.post(url, body, headers)` -> ClientResponse. `close()` ends the idle connections."""
+
+    def __init__(self, *, ssl_context: ssl.SSLContext | None = None, timeout: float = 30.0,
+                 headers: Mapping[str, str] | None = None, keepalive_timeout: float = 30.0,
+                 max_response_bytes: int = 64 * 1024 * 1024) -> None:
+        self.ssl_context = ssl_context
+        self.timeout = timeout
+        self.headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+        self._header_names = {k.lower() for k, _ in self.headers}
+        self.keepalive_timeout = keepalive_timeout
+        self.max_response_bytes = max_response_bytes
+        self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
+        self._origins: dict[str, _Origin] = {}
+        self._closed = False
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str] | None = None) -> ClientResponse:
+        return await self.request("POST", url, body, headers)
+
+    async def request(self, method: str, url: str, body: bytes = b"",
+                      headers: Mapping[str, str] | None = None) -> ClientResponse:
+        if self._closed:
+            raise HttpError("the client is closed")
+        origin = self._origin(url)
+        head = self._head(method, origin, body, headers)
+        async with asyncio.timeout(self.timeout):
+            conn = await self._acquire(origin)
+            try:
+                return await self._exchange(conn, origin, head, body)
+            except _ClosedBeforeAnswer:
+                if not conn.reused:
+                    raise
+            # the server closed the idle connection just as we reused it: once more on a fresh one
+            conn = await self._connect(origin)
+            return await self._exchange(conn, origin, head, body)
+
+    async def close(self) -> None:
+        self._closed = True
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
+
+    # -- internals --------------------------------------------------------------------------------------------
+    def _origin(self, url: str) -> _Origin:
+        origin = self._origins.get(url)
+        if origin is None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"not an http(s) URL: {url!r}")
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            host = parts.hostname
+            shown = f"[{host}]" if ":" in host else host
+            default = port == (443 if parts.scheme == "https" else 80)
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            basic = None
+            if parts.username is not None:
+                cred = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+                basic = b"Basic " + base64.b64encode(cred)
+            origin = _Origin(parts.scheme, host, port, (shown if default else f"{shown}:{port}").encode("idna"),
+                             target.encode("ascii"), basic)
+            if len(self._origins) < 1024:
+                self._origins[url] = origin
+        return origin
+
+    def _head(self, method: str, origin: _Origin, body: bytes,
+              headers: Mapping[str, str] | None) -> h11.Request:
+        extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+        overridden = {k.lower() for k, _ in extra}
+        names = self._header_names | overridden
+        out: list[tuple[bytes, bytes]] = [(b"Host", origin.host_header)]
+        out += [(k, v) for k, v in self.headers if k.lower() not in overridden]  # per-request values win
+        out += extra
+        if b"user-agent" not in names:
+            out.append((b"User-Agent", USER_AGENT.encode()))
+        if origin.basic is not None and b"authorization" not in names:
+            out.append((b"Authorization", origin.basic))
+        if method not in ("GET", "HEAD") or body:
+            out.append((b"Content-Length", str(len(body)).encode()))
+            if b"content-type" not in names:
+                out.append((b"Content-Type", b"application/octet-stream"))
+        return h11.Request(method=method, target=origin.target, headers=out)
+
+    async def _acquire(self, origin: _Origin) -> _Conn:
+        idle = self._idle.get((origin.scheme, origin.host, origin.port))
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if conn.usable(now, self.keepalive_timeout):
+                conn.reused = True
+                return conn
+            conn.close()
+        return await self._connect(origin)
+
+    async def _connect(self, origin: _Origin) -> _Conn:
+        ctx = None
+        if origin.scheme == "https":
+            ctx = self.ssl_context or ssl.create_default_context()
+        try:
+            reader, writer = await asyncio.open_connection(
+                origin.host, origin.port, ssl=ctx, server_hostname=origin.host if ctx is not None else None,
+                limit=_READ)
+        except ssl.SSLError as e:
+            raise HttpError(f"TLS handshake with {origin.host}:{origin.port} failed: {e}") from e
+        except OSError as e:
+            raise HttpError(f"cannot connect to {origin.host}:{origin.port}: {e.strerror or e}") from e
+        return _Conn(reader, writer)
+
+    async def _exchange(self, conn: _Conn, origin: _Origin, head: h11.Request, body: bytes) -> ClientResponse:
+        keep = False
+        received = False
+        try:
+            send_error: OSError | None = None
+            try:
+                conn.writer.write(conn.h11.send(head) or b"")
+                if body:
+                    for chunk in conn.h11.send_with_data_passthrough(h11.Data(data=body)) or ():
+                        conn.writer.write(chunk)
+                conn.writer.write(conn.h11.send(h11.EndOfMessage()) or b"")
+                await conn.writer.drain()
+            except OSError as e:
+                send_error = e  # the server may have answered before it stopped reading (413, 401...)
+            status = 0
+            resp_headers: list[tuple[bytes, bytes]] = []
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                try:
+                    event = conn.h11.next_event()
+                except h11.RemoteProtocolError as e:
+                    raise HttpError(f"malformed answer from {origin.host}:{origin.port}: {e}") from None
+                if event is h11.NEED_DATA:
+                    try:
+                        data = await conn.reader.read(_READ)
+                    except OSError as e:
+                        data = b""
+                        if not received:
+                            raise self._early(origin, send_error or e) from None
+                    if not data and not received:
+                        raise self._early(origin, send_error)
+                    received = True
+                    conn.h11.receive_data(data)
+                    continue
+                if isinstance(event, h11.InformationalResponse):
+                    continue  # 100 Continue (not asked for) and friends
+                if isinstance(event, h11.Response):
+                    status = event.status_code
+                    resp_headers = list(event.headers)
+                elif isinstance(event, h11.Data):
+                    size += len(event.data)
+                    if size > self.max_response_bytes:
+                        raise HttpError(f"answer from {origin.host}:{origin.port} larger than "
+                                        f"{self.max_response_bytes} bytes")
+                    chunks.append(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise HttpError(f"{origin.host}:{origin.port} closed the connection mid-answer")
+            keep = (send_error is None and conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE)
+            headers = Headers(resp_headers)
+            data = b"".join(chunks)
+            encoding = headers.get("content-encoding", "").strip().lower()
+            if encoding in ("gzip", "x-gzip", "deflate") and data:
+                try:
+                    data = zlib.decompress(data, 47 if encoding != "deflate" else 15)
+                except zlib.error:
+                    try:
+                        data = zlib.decompress(data, -15)  # raw deflate, as some servers send it
+                    except zlib.error as e:
+                        raise HttpError(f"answer from {origin.host}:{origin.port} is not {encoding}: {e}") from None
+            return ClientResponse(status, headers, data)
+        finally:
+            if keep and not self._closed:
+                conn.h11.start_next_cycle()
+                conn.idle_since = time.monotonic()
+                self._idle.setdefault((origin.scheme, origin.host, origin.port), []).append(conn)
+            else:
+                conn.close()
+
+    @staticmethod
+    def _early(origin: _Origin, cause: BaseException | None) -> HttpError:
+        why = f": {cause}" if cause is not None else ""
+        return _ClosedBeforeAnswer(f"{origin.host}:{origin.port} closed the connection before answering{why}")
