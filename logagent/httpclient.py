@@ -170,8 +170,12 @@ class HttpClient:
             if parts.username is not None:
                 cred = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
                 basic = b"Basic " + base64.b64encode(cred)
-            origin = _Origin(parts.scheme, host, port, (shown if default else f"{shown}:{port}").encode("idna"),
-                             target.encode("ascii"), basic)
+            text = shown if default else f"{shown}:{port}"
+            try:
+                host_header = text.encode("ascii")
+            except UnicodeEncodeError:
+                host_header = text.encode("idna")  # imports the idna codec (and stringprep) only when needed
+            origin = _Origin(parts.scheme, host, port, host_header, target.encode("ascii"), basic)
             if len(self._origins) < 1024:
                 self._origins[url] = origin
         return origin
@@ -181,7 +185,7 @@ class HttpClient:
         extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
         overridden = {k.lower() for k, _ in extra}
         names = self._header_names | overridden
-        out: list[tuple[bytes, bytes]] = [(b"Host", origin.host_header)]
+        out: list[tuple[bytes, bytes]] = [] if b"host" in names else [(b"Host", origin.host_header)]
         out += [(k, v) for k, v in self.headers if k.lower() not in overridden]  # per-request values win
         out += extra
         if b"user-agent" not in names:

@@ -5,7 +5,8 @@ Components increment these with batch-level calls (`inc(len(records))`), never p
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
+from logagent.metricslib import CONTENT_TYPE as CONTENT_TYPE
+from logagent.metricslib import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 # process_cpu_seconds_total, process_resident_memory_bytes, open fds...: what an operator checks first.
@@ -88,8 +89,6 @@ INPUT_DEGRADED = Gauge(
     "1 while an input runs degraded (e.g. the file input without inotify, on stat polling only)",
     ["input", "reason"], registry=REGISTRY,
 )
-
-CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 def exposition() -> bytes:

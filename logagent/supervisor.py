@@ -36,9 +36,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from prometheus_client import Counter, Gauge
-
 from logagent import metrics
+from logagent.metricslib import Counter, Gauge
 
 log = logging.getLogger("logagent.supervisor")
 

@@ -36,9 +36,8 @@ import stat
 from collections.abc import Iterable
 from typing import NoReturn
 
-from prometheus_client import Counter
-
 from logagent import metrics
+from logagent.metricslib import Counter
 
 log = logging.getLogger("logagent.input.file")
 

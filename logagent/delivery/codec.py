@@ -31,7 +31,7 @@ class RequestTooLarge(Exception):
 @dataclass
 class Response:
     status: int
-    headers: Mapping[str, str]  # aiohttp's case-insensitive multidict
+    headers: Mapping[str, str]  # case-insensitive (logagent.httpclient.Headers)
     body: bytes
 
 

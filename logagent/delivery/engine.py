@@ -19,8 +19,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic
 
-import aiohttp
-
 from logagent import metrics
 from logagent.backoff import full_jitter
 from logagent.deadletter import DeadLetter
@@ -37,6 +35,7 @@ from logagent.delivery.codec import (
     Verdict,
 )
 from logagent.delivery.settings import HttpSettings, RetrySettings, ssl_context
+from logagent.httpclient import HttpClient
 from logagent.record import AckToken
 from logagent.redact import mask
 
@@ -125,7 +124,7 @@ class Delivery(Generic[Item]):
         self.codec = codec
         self.dead_letter = dead_letter
         self.on_permanent = on_permanent
-        self.session: aiohttp.ClientSession | None = None
+        self.session: HttpClient | None = None
         self._lanes: dict[str, _Lane[Item]] = {}
         self._buffered = 0  # item bytes accepted and not yet resolved
         self._space = asyncio.Event()
@@ -141,18 +140,12 @@ class Delivery(Generic[Item]):
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
-        ssl_arg: Any = ssl_context(s.tls) if s.url.startswith("https://") else False
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ssl=ssl_arg, keepalive_timeout=30)
         headers = dict(s.headers)
         auth = s.auth.header()
         if auth:
             headers["Authorization"] = auth
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=s.timeout),
-            headers=headers,
-            auto_decompress=True,
-        )
+        self.session = HttpClient(ssl_context=ssl_context(s.tls) if s.url.startswith("https://") else None,
+                                  timeout=s.timeout, headers=headers, keepalive_timeout=30.0)
         self._ticker = asyncio.create_task(self._tick(), name=f"delivery-ticker:{self.output}")
 
     async def flush(self) -> None:
@@ -345,12 +338,11 @@ class Delivery(Generic[Item]):
         if self.settings.auth.token_file is not None:  # rotating token: the current one, per request
             headers = {**headers, "Authorization": self.settings.auth.header() or ""}
         try:
-            async with self.session.post(encoded.url, data=encoded.body, headers=headers) as resp:
-                body = await resp.read()
-                response = Response(resp.status, resp.headers, body)
+            resp = await self.session.post(encoded.url, encoded.body, headers)
+            response = Response(resp.status, resp.headers, resp.body)
         except asyncio.CancelledError:
             raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+        except (asyncio.TimeoutError, OSError) as e:  # HttpError is a ConnectionError
             metrics.ERRORS.labels(component=self.output, kind="transport").inc()
             return Verdict(RETRY, reason=f"transport: {type(e).__name__}: {e}")
         except Exception as e:

@@ -185,7 +185,8 @@ def _parse_auth(a: Section) -> AuthSettings:
 
 def _header_token(a: Section, key: str) -> str:
     """A token goes into the Authorization header as written. A line break in it (a secret file holding two lines)
-    makes aiohttp refuse every request before sending, so it is refused here, naming the key, never the value."""
+    makes the HTTP client refuse every request before sending, so it is refused here, naming the key, never the
+    value."""
     token = a.secret(key)
     if not usable_token(token):
         raise a.error("must be a single line of printable characters, and not empty", key)

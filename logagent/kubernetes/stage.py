@@ -30,22 +30,18 @@ import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from logagent import metrics
 from logagent.component import Context, Stage
 from logagent.config import Section
-from logagent.kubernetes.api import (
-    ApiCredentials,
-    PodWatcher,
-    WatchSettings,
-    in_cluster_credentials,
-    kubeconfig_credentials,
-)
 from logagent.kubernetes.cache import PodCache, PodEntry, container_meta, pod_meta
 from logagent.kubernetes.envelope import EnvelopeUnwrapper, declared_sidecars
 from logagent.kubernetes.path import PathInfo, PathResolver
 from logagent.record import Batch
+
+if TYPE_CHECKING:  # the API client (and its HTTP stack) is imported only when `api: true` starts it
+    from logagent.kubernetes.api import ApiCredentials, PodWatcher
 
 log = logging.getLogger("logagent.kubernetes")
 
@@ -149,6 +145,8 @@ class KubernetesMetadata(Stage[KubernetesSettings]):
         creds = self._credentials()
         if creds is None:
             return
+        from logagent.kubernetes.api import PodWatcher, WatchSettings
+
         node = self.settings.node_name or os.environ.get("NODE_NAME") or socket.gethostname()
         s = self.settings
         watch = WatchSettings(node_name=node, watch_timeout=s.watch_timeout, request_timeout=s.request_timeout,
@@ -166,6 +164,8 @@ class KubernetesMetadata(Stage[KubernetesSettings]):
                             extra={"waited": s.sync_timeout, "error": self._shared.watcher.last_error})
 
     def _credentials(self) -> ApiCredentials | None:
+        from logagent.kubernetes.api import in_cluster_credentials, kubeconfig_credentials
+
         s = self.settings
         try:
             if s.kubeconfig:
