@@ -48,7 +48,8 @@ class ComponentConfig:
 
 @dataclass(frozen=True)
 class Limits:
-    """Memory bounds (see logagent.flow): each window is bounded in bytes read and, as a safety net, in batches."""
+    """Memory bounds (see logagent.flow): each window is bounded in bytes (read, plus `record_overhead` per record:
+    what the records hold in memory) and, as a safety net, in batches."""
 
     queue_bytes: int  # bytes of batches waiting between inputs and the router
     queue_batches: int  # ...and at most this many batches
@@ -57,6 +58,7 @@ class Limits:
     output_max_unacked_batches: int  # ...and at most this many batches
     batch_max_records: int  # an input cuts a batch at this many records...
     batch_max_bytes: int  # ...or this many bytes
+    record_overhead: int = 400  # bytes a record costs in the windows beyond its bytes read (logagent.flow)
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ def parse_config(data: Any, file: str) -> AgentConfig:
         output_max_unacked_batches=limits_sec.int("output_max_unacked_batches", 4096, min=1),
         batch_max_records=limits_sec.int("batch_max_records", 4096, min=1),
         batch_max_bytes=limits_sec.size("batch_max_bytes", 1024 * 1024),
+        record_overhead=limits_sec.size("record_overhead", 400),
     )
     limits_sec.done()
     cfg = AgentConfig(

@@ -11,6 +11,12 @@ waited for the output's request to be cut (`batch.max_wait`) and confirmed befor
 lines were shipped ~18 s late. Counted in bytes, the same window holds all of them (a few hundred KiB) and one
 request per `max_wait` carries everything.
 
+What a batch costs (`batch_cost`): the bytes it was read as plus `limits.record_overhead` (default 400) per
+record. The records are Python dicts, several times their raw size: measured with tracemalloc on the CRI lines of
+benchmarks/bench_agent.py (171 B read per record), 579 B per record as the parser makes them, i.e. the raw bytes
+plus ~408 B of dict, key slots, `time`/`time_ns`/offset objects and string headers. Counted this way the windows
+bound memory whatever the line length: short lines cost ~3.4x their bytes, 4 KiB lines ~1.1x.
+
 `ByteWindow` admits waiters in order (first come, first served, so a large batch is not starved by small ones);
 a single batch larger than the whole window is admitted alone, when the window is empty.
 """
@@ -19,9 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+RECORD_OVERHEAD = 400  # bytes a record costs in memory beyond the bytes it was read as (see above)
+
+
+def batch_cost(batch: Any, record_overhead: int = RECORD_OVERHEAD) -> int:
+    """What a batch holds in memory, as the windows count it: its bytes read plus an overhead per record."""
+    return int(batch.nbytes) + record_overhead * len(batch.records)
 
 
 class ByteWindow:

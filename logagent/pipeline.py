@@ -37,7 +37,7 @@ from logagent.checkpoint import CheckpointStore, StateDirError, write_positions
 from logagent.component import Context, Input, Output, Stage
 from logagent.config import AgentConfig, ComponentConfig
 from logagent.deadletter import DeadLetter
-from logagent.flow import ByteQueue, ByteWindow
+from logagent.flow import ByteQueue, ByteWindow, batch_cost
 from logagent.hotreload import Reloader
 from logagent.operations import Operations
 from logagent.record import AckToken, Batch
@@ -147,7 +147,7 @@ class Pipeline:
             else:
                 self._late.append(batch)
             return
-        await self.queue.put(batch, batch.nbytes)
+        await self.queue.put(batch, batch_cost(batch, self.config.limits.record_overhead))
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -245,10 +245,12 @@ class Pipeline:
         depth = metrics.QUEUE_DEPTH.labels(queue="pipeline")
         queue = self.queue
 
+        overhead = self.config.limits.record_overhead
+
         async def emit(batch: Batch) -> None:
             records_in.inc(len(batch.records))
             bytes_in.inc(batch.nbytes)
-            await queue.put(batch, batch.nbytes)
+            await queue.put(batch, batch_cost(batch, overhead))
             depth.set(queue.qsize())
 
         await ri.input.run(emit)
@@ -449,9 +451,10 @@ class Pipeline:
             return
         shares = batch.ack.split(len(targets))
         nbytes = batch.nbytes
+        cost = batch_cost(batch, self.config.limits.record_overhead)
         for ro, share in zip(targets, shares):
-            await ro.unacked.acquire(nbytes)
-            view = Batch(batch.tag, batch.records, batch.meta, AckToken(_release(ro.unacked, nbytes, share)), nbytes,
+            await ro.unacked.acquire(cost)
+            view = Batch(batch.tag, batch.records, batch.meta, AckToken(_release(ro.unacked, cost, share)), nbytes,
                          batch.flagged)
             await ro.queue.put(view)
 

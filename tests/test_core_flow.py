@@ -98,7 +98,8 @@ async def _settled(p: Pipeline) -> int:
 async def test_a_stuck_output_holds_the_input_within_the_byte_limits(tmp_path) -> None:
     cfg = _config(tmp_path, [{"type": "sized", "name": "big", "batches": 1000, "nbytes": 16 * 1024}],
                   [{"type": "holding", "name": "stuck"}],
-                  limits={"queue_bytes": "32KiB", "output_max_unacked_bytes": "64KiB"})
+                  # record_overhead 0: the windows count exactly the bytes these batches say they were read as
+                  limits={"queue_bytes": "32KiB", "output_max_unacked_bytes": "64KiB", "record_overhead": 0})
     p = Pipeline(cfg)
     await p.start()
     try:
@@ -116,7 +117,8 @@ async def test_a_stuck_output_holds_the_input_within_the_byte_limits(tmp_path) -
 async def test_small_batches_fill_the_same_windows_by_the_hundred(tmp_path) -> None:
     cfg = _config(tmp_path, [{"type": "sized", "name": "small", "batches": 100_000, "nbytes": 200}],
                   [{"type": "holding", "name": "stuck"}],
-                  limits={"queue_bytes": "32KiB", "output_max_unacked_bytes": "64KiB"})
+                  # record_overhead 0: the windows count exactly the bytes these batches say they were read as
+                  limits={"queue_bytes": "32KiB", "output_max_unacked_bytes": "64KiB", "record_overhead": 0})
     p = Pipeline(cfg)
     await p.start()
     try:
@@ -125,6 +127,25 @@ async def test_small_batches_fill_the_same_windows_by_the_hundred(tmp_path) -> N
         # 64 KiB / 200 B = 327 batches held unacknowledged, 163 queued: bytes bound them, not a batch count
         assert len(HoldingOutput.held) == 327
         assert emitted == 327 + 1 + 163
+    finally:
+        p.request_stop()
+        await p.shutdown()
+
+
+async def test_each_record_costs_its_memory_overhead_in_the_windows(tmp_path) -> None:
+    """By default a record costs `record_overhead` (400) bytes beyond its bytes read: what a dict of a parsed
+    line holds in memory. 200-byte one-record batches then cost 600 each."""
+    cfg = _config(tmp_path, [{"type": "sized", "name": "small", "batches": 100_000, "nbytes": 200}],
+                  [{"type": "holding", "name": "stuck"}],
+                  limits={"queue_bytes": "32KiB", "output_max_unacked_bytes": "64KiB"})
+    p = Pipeline(cfg)
+    await p.start()
+    try:
+        await async_wait_for(lambda: p.queue.full(), what="the input waiting for room")
+        emitted = await _settled(p)
+        assert len(HoldingOutput.held) == 65536 // 600  # 109 unacknowledged
+        assert emitted == 109 + 1 + 32768 // 600  # + the router's + 54 queued
+        assert p.queue.nbytes == 54 * 600
     finally:
         p.request_stop()
         await p.shutdown()
