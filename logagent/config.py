@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +171,8 @@ def _writable_dir(path: str) -> bool:
 def load_config(path: str | None) -> AgentConfig:
     """Load and fully validate a config file (or the embedded default when path is None)."""
     if path is None:
+        from importlib import resources  # (and its tempfile, zipfile...) only for the embedded default
+
         text = resources.files("logagent").joinpath("default.yaml").read_text()
         file = "<embedded default>"
         if "LOGAGENT_STATE_DIR" not in os.environ and not _writable_dir("/var/lib/logagent"):

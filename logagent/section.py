@@ -7,7 +7,6 @@ The typed getters remember what they returned (`resolved`), which is what `logag
 
 from __future__ import annotations
 
-import difflib
 import functools
 import os
 import re
@@ -161,6 +160,8 @@ class Section:
     def _typo_of(self, key: _Str) -> _Str | None:
         """An unknown key present in place of a required one (`path:` for `paths:`): that is what to report."""
         unread = [k for k in self.data if isinstance(k, str) and k not in self._used]
+        import difflib  # only for a config error's "did you mean"
+
         close = difflib.get_close_matches(key, unread, n=1, cutoff=0.75)
         return close[0] if close else None
 
