@@ -28,8 +28,8 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
-import aiohttp
 import orjson
 
 from logagent import metrics
@@ -218,7 +218,7 @@ class KubeEventsInput(Input[KubeEventsSettings]):
                 self.log.info("events resourceVersion expired (410); listing again", extra={"resource_version": rv})
                 metrics.ERRORS.labels(component=self.name, kind="watch_gone").inc()
                 rv = None
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ApiError, ValueError) as e:
+            except (asyncio.TimeoutError, OSError, ApiError, ValueError) as e:  # HttpError is an OSError
                 delay = backoff.next()
                 metrics.ERRORS.labels(component=self.name, kind="api_unavailable").inc()
                 self.log.warning("events request failed; retrying", extra={
@@ -260,17 +260,15 @@ class KubeEventsInput(Input[KubeEventsSettings]):
         s = self.settings
         params = {"watch": "1", "resourceVersion": rv, "allowWatchBookmarks": "true",
                   "timeoutSeconds": str(int(max(1, s.watch_timeout)))}
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=s.request_timeout,
-                                        sock_read=s.watch_timeout + s.request_timeout)
-        session = client.session()
-        async with session.get(f"{client.creds.server}/api/v1/events", params=params,
-                               headers=client.tokens.header(), timeout=timeout) as resp:
+        async with client.http().stream("GET", f"{client.creds.server}/api/v1/events?{urlencode(params)}",
+                                        headers=client.tokens.header(),
+                                        read_timeout=s.watch_timeout + s.request_timeout) as resp:
             if resp.status == 410:
                 raise Gone("410 Gone")
             if resp.status != 200:
                 raise ApiError(f"HTTP {resp.status} watching events: {(await resp.read())[:200]!r}")
             buf = b""
-            async for chunk in resp.content.iter_any():
+            async for chunk in resp.chunks():
                 buf += chunk
                 if b"\n" not in buf:
                     continue

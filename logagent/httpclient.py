@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import ssl
 import time
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import h11
@@ -132,20 +134,60 @@ class HttpClient:
 
     async def request(self, method: str, url: str, body: bytes = b"",
                       headers: Mapping[str, str] | None = None) -> ClientResponse:
+        """The whole answer, within `timeout` from connect to the answer's last byte."""
+        async with asyncio.timeout(self.timeout):
+            ex = await self._begin(method, url, body, headers, None)
+            try:
+                chunks = [c async for c in ex.chunks(self.max_response_bytes)]
+            finally:
+                ex.finish()
+        data = b"".join(chunks)
+        encoding = ex.headers.get("content-encoding", "").strip().lower()
+        if encoding in ("gzip", "x-gzip", "deflate") and data:
+            try:
+                data = zlib.decompress(data, 47 if encoding != "deflate" else 15)
+            except zlib.error:
+                try:
+                    data = zlib.decompress(data, -15)  # raw deflate, as some servers send it
+                except zlib.error as e:
+                    raise HttpError(f"answer from {ex.where} is not {encoding}: {e}") from None
+        return ClientResponse(ex.status, ex.headers, data)
+
+    @contextlib.asynccontextmanager
+    async def stream(self, method: str, url: str, body: bytes = b"", headers: Mapping[str, str] | None = None,
+                     *, read_timeout: float | None = None) -> AsyncIterator[StreamResponse]:
+        """A streamed answer (a Kubernetes watch): connecting and sending within `timeout`, then each read of the
+        answer (its head included) within `read_timeout` (None: no limit). The body is not decoded."""
+        async with asyncio.timeout(self.timeout):
+            ex = await self._begin(method, url, body, headers, read_timeout)
+        try:
+            yield StreamResponse(ex)
+        finally:
+            ex.finish()
+
+    async def _begin(self, method: str, url: str, body: bytes, headers: Mapping[str, str] | None,
+                     read_timeout: float | None) -> _Exchange:
         if self._closed:
             raise HttpError("the client is closed")
         origin = self._origin(url)
-        head = self._head(method, origin, body, headers)
-        async with asyncio.timeout(self.timeout):
-            conn = await self._acquire(origin)
+        request = self._head(method, origin, body, headers)
+        conn = await self._acquire(origin)
+        for attempt in (1, 2):
+            ex = _Exchange(self, conn, origin, read_timeout)
             try:
-                return await self._exchange(conn, origin, head, body)
+                await ex.send(request, body)
+                await ex.read_head()
+                return ex
             except _ClosedBeforeAnswer:
-                if not conn.reused:
+                ex.finish()
+                if not conn.reused or attempt == 2:
                     raise
+            except BaseException:
+                ex.finish()
+                raise
             # the server closed the idle connection just as we reused it: once more on a fresh one
             conn = await self._connect(origin)
-            return await self._exchange(conn, origin, head, body)
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         self._closed = True
@@ -223,78 +265,119 @@ class HttpClient:
             raise HttpError(f"cannot connect to {origin.host}:{origin.port}: {e.strerror or e}") from e
         return _Conn(reader, writer)
 
-    async def _exchange(self, conn: _Conn, origin: _Origin, head: h11.Request, body: bytes) -> ClientResponse:
-        keep = False
-        received = False
-        try:
-            send_error: OSError | None = None
-            try:
-                conn.writer.write(conn.h11.send(head) or b"")
-                if body:
-                    for chunk in conn.h11.send_with_data_passthrough(h11.Data(data=body)) or ():
-                        conn.writer.write(chunk)
-                conn.writer.write(conn.h11.send(h11.EndOfMessage()) or b"")
-                await conn.writer.drain()
-            except OSError as e:
-                send_error = e  # the server may have answered before it stopped reading (413, 401...)
-            status = 0
-            resp_headers: list[tuple[bytes, bytes]] = []
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                try:
-                    event = conn.h11.next_event()
-                except h11.RemoteProtocolError as e:
-                    raise HttpError(f"malformed answer from {origin.host}:{origin.port}: {e}") from None
-                if event is h11.NEED_DATA:
-                    try:
-                        data = await conn.reader.read(_READ)
-                    except OSError as e:
-                        data = b""
-                        if not received:
-                            raise self._early(origin, send_error or e) from None
-                    if not data and not received:
-                        raise self._early(origin, send_error)
-                    received = True
-                    conn.h11.receive_data(data)
-                    continue
-                if isinstance(event, h11.InformationalResponse):
-                    continue  # 100 Continue (not asked for) and friends
-                if isinstance(event, h11.Response):
-                    status = event.status_code
-                    resp_headers = list(event.headers)
-                elif isinstance(event, h11.Data):
-                    size += len(event.data)
-                    if size > self.max_response_bytes:
-                        raise HttpError(f"answer from {origin.host}:{origin.port} larger than "
-                                        f"{self.max_response_bytes} bytes")
-                    chunks.append(bytes(event.data))
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                elif isinstance(event, h11.ConnectionClosed):
-                    raise HttpError(f"{origin.host}:{origin.port} closed the connection mid-answer")
-            keep = (send_error is None and conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE)
-            headers = Headers(resp_headers)
-            data = b"".join(chunks)
-            encoding = headers.get("content-encoding", "").strip().lower()
-            if encoding in ("gzip", "x-gzip", "deflate") and data:
-                try:
-                    data = zlib.decompress(data, 47 if encoding != "deflate" else 15)
-                except zlib.error:
-                    try:
-                        data = zlib.decompress(data, -15)  # raw deflate, as some servers send it
-                    except zlib.error as e:
-                        raise HttpError(f"answer from {origin.host}:{origin.port} is not {encoding}: {e}") from None
-            return ClientResponse(status, headers, data)
-        finally:
-            if keep and not self._closed:
-                conn.h11.start_next_cycle()
-                conn.idle_since = time.monotonic()
-                self._idle.setdefault((origin.scheme, origin.host, origin.port), []).append(conn)
-            else:
-                conn.close()
+    def _release(self, conn: _Conn, origin: _Origin, keep: bool) -> None:
+        if keep and not self._closed:
+            conn.h11.start_next_cycle()
+            conn.idle_since = time.monotonic()
+            self._idle.setdefault((origin.scheme, origin.host, origin.port), []).append(conn)
+        else:
+            conn.close()
 
-    @staticmethod
-    def _early(origin: _Origin, cause: BaseException | None) -> HttpError:
-        why = f": {cause}" if cause is not None else ""
-        return _ClosedBeforeAnswer(f"{origin.host}:{origin.port} closed the connection before answering{why}")
+
+class _Exchange:
+    """One request on one connection: send it, read the answer's events, then give the connection back (only
+    when both sides finished the message cleanly) or close it."""
+
+    def __init__(self, client: HttpClient, conn: _Conn, origin: _Origin, read_timeout: float | None) -> None:
+        self.client = client
+        self.conn = conn
+        self.origin = origin
+        self.where = f"{origin.host}:{origin.port}"
+        self.read_timeout = read_timeout
+        self.received = False
+        self.send_error: OSError | None = None
+        self.status = 0
+        self.headers = Headers([])
+        self.done = False  # the answer's end was read
+        self._finished = False
+
+    async def send(self, request: h11.Request, body: bytes) -> None:
+        conn = self.conn
+        try:
+            conn.writer.write(conn.h11.send(request) or b"")
+            if body:
+                for chunk in conn.h11.send_with_data_passthrough(h11.Data(data=body)) or ():
+                    conn.writer.write(chunk)
+            conn.writer.write(conn.h11.send(h11.EndOfMessage()) or b"")
+            await conn.writer.drain()
+        except OSError as e:
+            self.send_error = e  # the server may have answered before it stopped reading (413, 401...)
+
+    async def _event(self) -> Any:
+        conn = self.conn
+        while True:
+            try:
+                event = conn.h11.next_event()
+            except h11.RemoteProtocolError as e:
+                raise HttpError(f"malformed answer from {self.where}: {e}") from None
+            if event is not h11.NEED_DATA:
+                return event
+            try:
+                if self.read_timeout is None:
+                    data = await conn.reader.read(_READ)
+                else:
+                    data = await asyncio.wait_for(conn.reader.read(_READ), self.read_timeout)
+            except TimeoutError:
+                raise  # (an OSError subclass): the server went quiet, not away
+            except OSError as e:
+                if not self.received:
+                    raise _early(self.where, self.send_error or e) from None
+                data = b""
+            if not data and not self.received:
+                raise _early(self.where, self.send_error)
+            self.received = True
+            conn.h11.receive_data(data)
+
+    async def read_head(self) -> None:
+        while True:
+            event = await self._event()
+            if isinstance(event, h11.InformationalResponse):
+                continue  # 100 Continue (not asked for) and friends
+            if isinstance(event, h11.Response):
+                self.status = event.status_code
+                self.headers = Headers(list(event.headers))
+                return
+            raise HttpError(f"{self.where} closed the connection mid-answer")
+
+    async def chunks(self, limit: int | None = None) -> AsyncIterator[bytes]:
+        size = 0
+        while True:
+            event = await self._event()
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                if limit is not None and size > limit:
+                    raise HttpError(f"answer from {self.where} larger than {limit} bytes")
+                yield bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                self.done = True
+                return
+            else:
+                raise HttpError(f"{self.where} closed the connection mid-answer")
+
+    def finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        h = self.conn.h11
+        keep = (self.done and self.send_error is None and h.our_state is h11.DONE and h.their_state is h11.DONE)
+        self.client._release(self.conn, self.origin, keep)
+
+
+class StreamResponse:
+    """The head of a streamed answer and an iterator over its body's pieces as they arrive."""
+
+    def __init__(self, ex: _Exchange) -> None:
+        self._ex = ex
+        self.status = ex.status
+        self.headers = ex.headers
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self._ex.chunks()
+
+    async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
+        return b"".join([c async for c in self._ex.chunks(limit)])
+
+
+def _early(where: str, cause: BaseException | None) -> HttpError:
+    why = f": {cause}" if cause is not None else ""
+    return _ClosedBeforeAnswer(f"{where} closed the connection before answering{why}")

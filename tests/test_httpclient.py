@@ -357,3 +357,62 @@ async def test_url_credentials_become_basic_auth_and_refused_connections_are_err
         with pytest.raises(HttpError, match="cannot connect"):
             await client.post(f"http://127.0.0.1:{port}/", b"x")
     await client.close()
+
+
+async def test_a_streamed_answer_arrives_piece_by_piece_and_a_silent_server_times_out() -> None:
+    """A watch-like answer: chunks sent with pauses are seen as they come; a server that goes quiet longer than
+    `read_timeout` ends the stream with a timeout; a stream read to its end leaves the connection reusable, one
+    left early closes it."""
+    go = asyncio.Event()
+    quiet_until = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        if request.path == "/watch":
+            for i in range(3):
+                await resp.write(b'{"n": %d}\n' % i)
+                await go.wait()  # the client has seen the line before the next is sent
+                go.clear()
+        elif request.path == "/quiet":
+            await resp.write(b'{"n": 0}\n')
+            await quiet_until.wait()
+        await resp.write_eof()
+        return resp
+
+    srv = AioServer(handler)
+    url = await srv.start()
+    client = HttpClient(timeout=5)
+    try:
+        seen = []
+        async with client.stream("GET", url + "/watch?watch=1", read_timeout=5) as resp:
+            assert resp.status == 200 and resp.headers["transfer-encoding"] == "chunked"
+            async for chunk in resp.chunks():
+                seen.append(chunk)
+                go.set()
+        assert b"".join(seen) == b'{"n": 0}\n{"n": 1}\n{"n": 2}\n' and len(seen) >= 3
+        async with client.stream("GET", url + "/done") as resp:
+            assert await resp.read() == b""
+        assert len(set(srv.peers)) == 1  # both read to their end: one connection
+
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with pytest.raises(asyncio.TimeoutError):
+            async with client.stream("GET", url + "/quiet", read_timeout=0.5) as resp:
+                async for _ in resp.chunks():
+                    pass
+        assert loop.time() - t0 < 10
+        async with client.stream("GET", url + "/watch") as resp:
+            async for _ in resp.chunks():
+                break  # left early
+        go.set()
+        assert (await client.request("GET", url + "/done")).status == 200
+        watch, done, quiet, left, last = srv.peers
+        assert watch == done == quiet  # the idle connection was reused for the quiet stream...
+        assert len({quiet, left, last}) == 3  # ...but neither it after its timeout nor the abandoned one after
+    finally:
+        go.set()
+        quiet_until.set()
+        await client.close()
+        await srv.stop()

@@ -32,13 +32,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
-import aiohttp
 import orjson
 import yaml
 
 from logagent import metrics
 from logagent.backoff import Backoff
+from logagent.httpclient import HttpClient, StreamResponse
 from logagent.kubernetes.cache import PodCache
 from logagent.redact import excerpt
 from logagent.rotating import RotatingSecret
@@ -46,6 +47,7 @@ from logagent.rotating import RotatingSecret
 log = logging.getLogger("logagent.kubernetes.api")
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+_MAX_LIST_BYTES = 512 * 1024 * 1024  # one page of a pod list (a node's pods, paged): far below this
 
 
 class ApiError(Exception):
@@ -223,17 +225,17 @@ class PodWatcher:
         self.last_error: str | None = None
         self.synced = asyncio.Event()  # set after the first full list was applied
         self._backoff = Backoff(settings.backoff_initial, settings.backoff_max)
-        self._session: aiohttp.ClientSession | None = None
-        self._ssl: ssl.SSLContext | bool | None = None
+        self._http: HttpClient | None = None
 
     @property
     def _selector(self) -> str:
         return f"spec.nodeName={self.settings.node_name}"
 
     async def run(self) -> None:
-        self._ssl = self.creds.ssl_context()
-        connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else False, limit=2)
-        self._session = aiohttp.ClientSession(connector=connector)
+        # `timeout` bounds connecting, sending and the answer's head; a list's body and each read of a watch
+        # have their own read timeouts (below)
+        self._http = HttpClient(ssl_context=self.creds.ssl_context(),
+                                timeout=max(self.settings.request_timeout, 30.0))
         try:
             while True:
                 try:
@@ -251,7 +253,7 @@ class PodWatcher:
                     self.resource_version = None
                 except asyncio.CancelledError:
                     raise
-                except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ApiError, ValueError) as e:
+                except (asyncio.TimeoutError, OSError, ApiError, ValueError) as e:  # HttpError is an OSError
                     self.last_error = f"{type(e).__name__}: {e}"
                     delay = self._backoff.next()
                     metrics.ERRORS.labels(component="kubernetes", kind="api_unavailable").inc()
@@ -270,27 +272,27 @@ class PodWatcher:
                     self.resource_version = None
                     await asyncio.sleep(delay)
         finally:
-            await self._session.close()
+            await self._http.close()
+            self._http = None
 
-    def _check(self, resp: aiohttp.ClientResponse, body: bytes) -> None:
+    def _check(self, resp: StreamResponse, body: bytes) -> None:
         if resp.status == 200:
             return
         if resp.status == 410:
             raise Gone("410 Gone")
         if resp.status == 401:
             self.tokens.current(force=True)  # the token may have rotated under us
-        raise ApiError(f"HTTP {resp.status} from {resp.url.path}: {excerpt(body, secrets=self.tokens.secrets())}")
+        raise ApiError(f"HTTP {resp.status} from /api/v1/pods: {excerpt(body, secrets=self.tokens.secrets())}")
 
     async def _list(self) -> None:
-        assert self._session is not None
-        rt = self.settings.request_timeout
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=rt, sock_read=max(rt, 30.0))
+        assert self._http is not None
+        read_timeout = max(self.settings.request_timeout, 30.0)
         items: list[dict[str, Any]] = []
         params = {"fieldSelector": self._selector, "resourceVersion": "0", "limit": str(self.settings.page_size)}
         while True:
-            async with self._session.get(f"{self.creds.server}/api/v1/pods", params=params,
-                                         headers=self.tokens.header(), timeout=timeout) as resp:
-                body = await resp.read()
+            async with self._http.stream("GET", f"{self.creds.server}/api/v1/pods?{urlencode(params)}",
+                                         headers=self.tokens.header(), read_timeout=read_timeout) as resp:
+                body = await resp.read(_MAX_LIST_BYTES)
                 try:
                     self._check(resp, body)
                 except Gone:
@@ -325,24 +327,22 @@ class PodWatcher:
 
     async def _watch(self) -> int:
         """One watch request, streamed until the server ends it. Returns the number of events seen."""
-        assert self._session is not None
+        assert self._http is not None
         s = self.settings
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=s.request_timeout,
-                                        sock_read=s.watch_timeout + s.request_timeout)
         params = {
             "watch": "1", "fieldSelector": self._selector, "resourceVersion": self.resource_version or "0",
             "allowWatchBookmarks": "true", "timeoutSeconds": str(int(max(1, s.watch_timeout))),
         }
         seen = 0
-        async with self._session.get(f"{self.creds.server}/api/v1/pods", params=params,
-                                     headers=self.tokens.header(), timeout=timeout) as resp:
+        async with self._http.stream("GET", f"{self.creds.server}/api/v1/pods?{urlencode(params)}",
+                                     headers=self.tokens.header(),
+                                     read_timeout=s.watch_timeout + s.request_timeout) as resp:
             if resp.status != 200:
                 self._check(resp, await resp.read())
             self.watches += 1
             self._backoff.reset()
             buf = b""
-            # iter_any, not readline: a pod object can exceed aiohttp's line limit.
-            async for chunk in resp.content.iter_any():
+            async for chunk in resp.chunks():  # pieces as they come; a line (a pod object) may span several
                 buf += chunk
                 if b"\n" not in buf:
                     continue

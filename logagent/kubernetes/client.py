@@ -8,10 +8,11 @@ import socket
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
-import aiohttp
 import orjson
 
+from logagent.httpclient import HttpClient
 from logagent.kubernetes.api import (
     ApiCredentials,
     ApiError,
@@ -28,29 +29,29 @@ _ERRORS: dict[int, type[ApiError]] = {404: NotFound, 409: Conflict, 410: Gone}
 
 class ApiClient:
     """Plain requests to the API server (get / create / patch / update / delete of single objects) with the same
-    credentials as the watch: bearer token re-read on rotation, CA, client certificates. One session per client,
-    opened lazily in the running loop; `close()` when done. Non-2xx answers raise `ApiError` (or `NotFound`,
-    `Conflict`, `Gone`) carrying the HTTP status and the Status reason; connection failures raise aiohttp's errors."""
+    credentials as the watch: bearer token re-read on rotation, CA, client certificates. One connection pool
+    (logagent.httpclient) per client, opened lazily in the running loop; `close()` when done. Non-2xx answers raise
+    `ApiError` (or `NotFound`, `Conflict`, `Gone`) carrying the HTTP status and the Status reason; connection
+    failures raise `HttpError` (an OSError) or TimeoutError."""
 
     def __init__(self, creds: ApiCredentials, request_timeout: float = 10.0) -> None:
         self.creds = creds
         self.tokens = TokenSource(creds.token, creds.token_file)
-        self.timeout = aiohttp.ClientTimeout(total=request_timeout * 3, sock_connect=request_timeout,
-                                             sock_read=request_timeout)
-        self._session: aiohttp.ClientSession | None = None
+        self.request_timeout = request_timeout
+        self._http: HttpClient | None = None
         self.requests = 0
 
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            ctx = self.creds.ssl_context()
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(
-                ssl=ctx if ctx is not None else False, limit=4))
-        return self._session
+    def http(self) -> HttpClient:
+        """The connection pool, opened on first use (in the running loop); a whole request within 3x
+        `request_timeout`, as before."""
+        if self._http is None:
+            self._http = HttpClient(ssl_context=self.creds.ssl_context(), timeout=self.request_timeout * 3)
+        return self._http
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
     async def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
                       params: dict[str, str] | None = None) -> dict[str, Any]:
@@ -60,25 +61,25 @@ class ApiClient:
             headers["Content-Type"] = content_type
             data = orjson.dumps(body)
         self.requests += 1
-        async with self.session().request(method, f"{self.creds.server}{path}", data=data, params=params,
-                                          headers=headers, timeout=self.timeout) as resp:
-            raw = await resp.read()
-            if 200 <= resp.status < 300:
-                doc = orjson.loads(raw) if raw else {}
-                return doc if isinstance(doc, dict) else {}
-            if resp.status == 401:
-                self.tokens.current(force=True)
-            reason = message = None
-            try:
-                status_doc = orjson.loads(raw)
-                if isinstance(status_doc, dict):
-                    reason, message = status_doc.get("reason"), status_doc.get("message")
-            except orjson.JSONDecodeError:
-                pass
-            err = _ERRORS.get(resp.status, ApiError)(
-                f"HTTP {resp.status} {method} {path}: {reason or ''} {str(message or raw[:200])[:300]}".strip())
-            err.status, err.reason = resp.status, reason
-            raise err
+        url = f"{self.creds.server}{path}" + (f"?{urlencode(params)}" if params else "")
+        resp = await self.http().request(method, url, data or b"", headers)
+        raw = resp.body
+        if 200 <= resp.status < 300:
+            doc = orjson.loads(raw) if raw else {}
+            return doc if isinstance(doc, dict) else {}
+        if resp.status == 401:
+            self.tokens.current(force=True)
+        reason = message = None
+        try:
+            status_doc = orjson.loads(raw)
+            if isinstance(status_doc, dict):
+                reason, message = status_doc.get("reason"), status_doc.get("message")
+        except orjson.JSONDecodeError:
+            pass
+        err = _ERRORS.get(resp.status, ApiError)(
+            f"HTTP {resp.status} {method} {path}: {reason or ''} {str(message or raw[:200])[:300]}".strip())
+        err.status, err.reason = resp.status, reason
+        raise err
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from logagent import metrics
 from logagent.backoff import Backoff
 from logagent.kubernetes.api import ApiError, Conflict, NotFound
@@ -192,7 +190,7 @@ class EventRecorder:
             s.posted = max(s.posted, 1)  # our name exists (a retried create that did land): patch it
             s.next_try = 0
             return
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ApiError) as e:
+        except (asyncio.TimeoutError, OSError, ApiError) as e:
             status = getattr(e, "status", None)
             if isinstance(e, ApiError) and status is not None and 400 <= status < 500 and status != 429:
                 self.stats.failed += 1

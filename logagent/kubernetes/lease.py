@@ -24,14 +24,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-
 from logagent.kubernetes.api import ApiError, Conflict, NotFound
 from logagent.kubernetes.client import ApiClient, now_rfc3339
 
 log = logging.getLogger("logagent.kubernetes.lease")
 
-_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError, ApiError)
+_ERRORS = (asyncio.TimeoutError, OSError, ApiError)
 
 
 class LeaderElector:

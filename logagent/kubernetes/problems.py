@@ -27,8 +27,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from logagent import metrics
 from logagent.backoff import Backoff
 from logagent.component import Context, Stage
@@ -259,7 +257,7 @@ class NodeProblems(Stage[ProblemSettings]):
                 wait = self.settings.heartbeat_interval
             except asyncio.CancelledError:
                 raise
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ApiError) as e:
+            except (asyncio.TimeoutError, OSError, ApiError) as e:
                 wait = backoff.next()
                 metrics.ERRORS.labels(component=self.name, kind="node_status_patch").inc()
                 log.warning("patching node conditions failed; retrying",
