@@ -435,6 +435,22 @@ def steady_run(args: argparse.Namespace, work: Path, log: Path, link: Path) -> d
 # -- main ----------------------------------------------------------------------------------------------------------
 
 
+def interpreter_floor() -> str:
+    """RSS of this interpreter with nothing but asyncio (and the ssl it imports) loaded: what no agent on it can go
+    below. With and without `site` (`-S`): this machine's site-packages may run .pth hooks an image would not."""
+    code = "import asyncio; print(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])"
+    out = []
+    for flags in ([], ["-S"]):
+        env = dict(os.environ)
+        if flags:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p.endswith("site-packages"))
+        res = subprocess.run([sys.executable, *flags, "-c", code], capture_output=True, text=True, env=env)
+        out.append(f"{int(res.stdout.split()[0]) / 1024:.1f} MB" if res.returncode == 0 else "?")
+    return f"python + asyncio {out[0]} ({out[1]} with -S)"
+
+
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lines", type=int, default=None, help="CRI lines to generate (default 2,000,000 ≈ 330 MB)")
@@ -476,6 +492,7 @@ def main() -> int:
     log, link = layout(work)
     try:
         print(f"machine: {machine()}", flush=True)
+        print(f"interpreter floor: {interpreter_floor()}", flush=True)
         size, expected = generate_once(log, args.lines, None)
         print(f"{args.lines:,} CRI lines, {size / 1e6:.1f} MB -> {expected:,} records; file input (format cri) -> "
               f"kubernetes (path metadata) -> output; {args.rounds} round(s)", flush=True)
