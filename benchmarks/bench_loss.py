@@ -2,7 +2,8 @@
 the Elasticsearch-faithful `_bulk` receiver (`create` with a known `_id` -> 409), and is `kill -9`ed; prints, per
 scenario, how many lines were written, lost and stored twice (and per-line latency where it applies).
 
-    python3 benchmarks/bench_loss.py [--lines 300000] [--only burst,kills,copytruncate,busy] [--dir DIR]
+    python3 benchmarks/bench_loss.py [--lines 300000] [--kills 20] [--dir DIR]
+        [--only burst,kills,copytruncate,copytruncate_fast,busy]
 
 Scenarios (each with `--lines` lines in total):
 - burst: kubelet layout, 4 containers, 256 KiB files rotated about every 0.8 s, 3 rotated files kept;
@@ -10,6 +11,8 @@ Scenarios (each with `--lines` lines in total):
   caught up (restarted at once), `--kills` times;
 - copytruncate: one file, logrotate copytruncate every 3 s (5 copies), `kill -9` as above; lines written between
   logrotate's copy and its truncation are in neither file (its own window) and are reported apart;
+- copytruncate_fast: the same, rotated every 1.5 s and killed 0.3-1.2 s after each start (kills land in every
+  step of a rotation: copied not truncated, truncated not noticed, finishing a copy, copies made while down);
 - busy: 200 container files written at 5,000 lines/s in total, no rotation: per-line latency p50/p99/max.
 """
 
@@ -82,11 +85,12 @@ async def kubelet(work: Path, lines: int, rate: float, keep: int, kills: int) ->
             "seconds": round(time.monotonic() - t0, 1), "lost_ranges": stored.summary() if stored.lost else ""}
 
 
-async def copytruncate(work: Path, lines: int, kills: int) -> dict[str, Any]:
+async def copytruncate(work: Path, lines: int, kills: int, every: float = 3.0, low: float = 1.0,
+                       high: float = 3.0) -> dict[str, Any]:
     rec = await TimedReceiver().start()
     logs = work / "logs"
     logs.mkdir()
-    writer = CopyTruncate(logs, lines=lines, rate=4000, every=3.0, keep=5)
+    writer = CopyTruncate(logs, lines=lines, rate=4000, every=every, keep=5)
     agent = AgentProcess(work, es_agent_config(work, rec.url, [str(logs / "*.log")], fmt="raw")).start()
     t0 = time.monotonic()
     try:
@@ -98,7 +102,7 @@ async def copytruncate(work: Path, lines: int, kills: int) -> dict[str, Any]:
             return len(rec.docs) >= writer.written - 4000 - len(writer.window)
 
         await asyncio.to_thread(kill_loop, agent, kills, lambda: not writer.done.is_set(), random.Random("ct"),
-                                1.0, 3.0, caught_up)
+                                low, high, caught_up)
         await asyncio.to_thread(writer.join, 3600)
         await _settle(rec, len(writer.expected) - len(writer.window), agent)
     finally:
@@ -109,7 +113,8 @@ async def copytruncate(work: Path, lines: int, kills: int) -> dict[str, Any]:
     return {"lines": stored.total, "lost": len(stored.lost), "lost_in_logrotate_window": len(stored.lost) - len(beyond),
             "lost_beyond_window": len(beyond), "duplicated": len(stored.duplicated), "rotations": writer.rotations,
             "kills": agent.kills, "replays_409": rec.conflicts, "seconds": round(time.monotonic() - t0, 1),
-            "lost_ranges": Stored(beyond, [], stored.total).summary() if beyond else ""}
+            "lost_ranges": Stored(beyond, [], stored.total).summary() if beyond else "",
+            "duplicated_ranges": Stored(stored.duplicated, [], stored.total).summary() if stored.duplicated else ""}
 
 
 async def busy(work: Path, lines: int) -> dict[str, Any]:
@@ -140,7 +145,7 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lines", type=int, default=300_000)
     ap.add_argument("--kills", type=int, default=20)
-    ap.add_argument("--only", default="burst,kills,copytruncate,busy")
+    ap.add_argument("--only", default="burst,kills,copytruncate,copytruncate_fast,busy")
     ap.add_argument("--dir", help="work directory (kept); default: a temp dir, removed")
     args = ap.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
@@ -157,6 +162,8 @@ async def main() -> None:
                 result = await kubelet(work, args.lines, rate=800, keep=5, kills=args.kills)
             elif name == "copytruncate":
                 result = await copytruncate(work, args.lines, args.kills)
+            elif name == "copytruncate_fast":
+                result = await copytruncate(work, args.lines, args.kills, every=1.5, low=0.3, high=1.2)
             elif name == "busy":
                 result = await busy(work, args.lines)
             else:

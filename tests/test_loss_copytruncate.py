@@ -274,3 +274,57 @@ async def test_copytruncate_restart_cases_each_kill_9_loses_and_duplicates_nothi
     assert sorted(p.name for p in logs.iterdir()) == [
         "app.log", "app.log.1", "app.log.2", "app.log.3", "app.log.4.gz", "app.log.5.gz"]
     assert rec.conflicts > 0  # the kills made the agent send lines again; each was answered 409
+
+
+def test_a_file_rewritten_between_the_look_and_the_read_is_never_read_as_the_old_generation(tmp_path: Path) -> None:
+    """The race a loaded node makes real: the reader looks at the file (size, first bytes), is descheduled, and
+    meanwhile logrotate copies and truncates it and the writer writes past our offset; the read that follows gets
+    the new generation's bytes at the old one's offsets. They must not be taken under the old generation's ids
+    (they would be stored twice, and as many of the old bytes never read): the first bytes are checked after the
+    read, the old generation goes on from the copy, the new one from 0. At offset 0 too (rewritten before a byte
+    of it was read)."""
+    from logagent.checkpoint import CheckpointStore
+    from logagent.config import Section
+    from logagent.inputs.file.files import Tails
+    from logagent.inputs.file.opening import Opener
+    from logagent.inputs.file.rotation import Rotation
+    from logagent.inputs.file.settings import parse_file_settings
+    from logagent.inputs.file.watch import DirectoryWatch
+    from logagent.services import Services
+
+    settings = parse_file_settings(Section({"paths": [str(tmp_path / "*.log")]}, "inputs[0]", "test.yaml"))
+    tracker = CheckpointStore(tmp_path / "state").tracker("logs")
+    for offset_lines in (0, 3):
+        log = tmp_path / f"app{offset_lines}.log"
+        old = [f"old {i:03d} {'x' * 40}" for i in range(10)]
+        log.write_text("".join(line + "\n" for line in old))
+        watch = DirectoryWatch(lambda changes: None, lambda reason: None)
+        tails = Tails("logs", watch, 64, lambda tail: None)
+        opener = Opener("logs", settings, tracker, Services())
+        rotation = Rotation("logs", tails, opener, tracker)
+        tail = opener.open(str(log))
+        assert tail is not None
+        tails.add(tail)
+        got: list[tuple[str, str | None]] = []
+        if offset_lines:
+            tail.read(len(old[0]) * offset_lines + offset_lines, 0.0, verify=True)
+            got += [(r["message"], tail.source_id) for r in tail.take()[0]]
+        assert not rotation.check(tail, os.fstat(tail.fd).st_size, head=False)  # the look: nothing changed
+        # descheduled here: copytruncate, and the writer goes on past our offset
+        with open(log, "rb") as src, open(tmp_path / f"{log.name}.1", "wb") as dst:
+            dst.write(src.read())
+        new = [f"new {i:03d} {'y' * 40}" for i in range(20)]
+        log.write_text("".join(line + "\n" for line in new))  # truncates, then writes
+        assert tail.read(1 << 20, 0.0, verify=True) == 0 and tail.rewritten and not tail.has_pending
+        assert rotation.check(tail, os.fstat(tail.fd).st_size, head=False)  # the copy takes the old generation
+        copy = next(t for t in tails.tails.values() if t is not tail)
+        for t in (copy, tail):
+            while t.read(1 << 20, 0.0, verify=t is tail):
+                pass
+            t.flush_partial(0.0, 0.0, force=True)
+            got += [(r["message"], t.source_id) for r in t.take()[0]]
+        assert [m for m, _ in got] == old + new
+        old_ids = {sid for m, sid in got if m.startswith("old")}
+        new_ids = {sid for m, sid in got if m.startswith("new")}
+        assert len(old_ids) == 1 and len(new_ids) == 1 and old_ids != new_ids
+        tails.close_all()

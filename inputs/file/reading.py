@@ -107,11 +107,15 @@ class Reader:
                 if not tail.started:
                     self._carry_over(tail)
             try:
-                if tail.readable and not tail.orphaned:
-                    # one small pread per read: a copytruncate whose new contents already reach past our offset
-                    # shows only in the file's first bytes
-                    self.rotation.check(tail, os.fstat(tail.fd).st_size, head=True)
-                got = tail.read(self.settings.read_buffer, now)
+                live = tail.readable and not tail.orphaned
+                if live:
+                    self.rotation.check(tail, os.fstat(tail.fd).st_size, head=False)
+                # one small pread per read, after it: a copytruncate whose new contents already reach past our
+                # offset shows only in the file's first bytes
+                got = tail.read(self.settings.read_buffer, now, verify=live)
+                if tail.rewritten:
+                    self.rotation.check(tail, os.fstat(tail.fd).st_size, head=False)
+                    continue
             except OSError as e:
                 metrics.ERRORS.labels(component=self.name, kind="read_failed").inc()
                 log.warning("read failed; closing the file (it is found again by the next scan)",

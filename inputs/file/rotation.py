@@ -63,8 +63,8 @@ class Rotation:
     def check(self, tail: Tail, size: int, head: bool) -> bool:
         """Is the followed `tail` truncated (shorter than our offset or, with `head`, other first bytes)? If so,
         handle it now. Returns whether it was."""
-        if tail.orphaned or not tail.readable or tail.read_offset == 0:
-            return False
+        if tail.orphaned or not tail.readable or (tail.read_offset == 0 and not tail.fp.length):
+            return False  # (at offset 0 the first bytes still tell: rewritten before we read a byte of it)
         if size >= tail.read_offset and not tail.rewritten and not (head and not matches(tail.fd, tail.fp)):
             return False
         self.truncated(tail, size)

@@ -61,12 +61,22 @@ class Tail:
             self.pos_key = self.key
 
     # -- reading --------------------------------------------------------------------------------------------
-    def read(self, limit: int, now: float) -> int:
-        """Read up to `limit` bytes, split and join them into `pending`. Returns bytes read (0 at EOF)."""
+    def read(self, limit: int, now: float, verify: bool = False) -> int:
+        """Read up to `limit` bytes, split and join them into `pending`. Returns bytes read (0 at EOF).
+
+        `verify` (a file under its name): the first bytes are checked *after* the read, so bytes of a file truncated
+        and written again under us (copytruncate) are never taken for the old generation's, however long the
+        process was descheduled before the read: then nothing is taken and `rewritten` is set (`Rotation.check`)."""
         data = os.pread(self.fd, limit, self.read_offset) if self.readable else b""
         if not data:
             self.at_eof = True
             return 0
+        head: bytes | None = None
+        if verify and self.fp.length:
+            head = read_head(self.fd, self.fingerprint_bytes)
+            if fingerprint_of(head[:self.fp.length]) != self.fp:
+                self.rewritten = True
+                return 0
         self.started = True
         if self.carry is not None:
             self._settle_carry()
@@ -76,7 +86,7 @@ class Tail:
             self.size = self.read_offset
         self.last_growth = now
         if self.fp.length < self.fingerprint_bytes and self.read_offset > self.fp.length:
-            self.fp = fingerprint_of(read_head(self.fd, self.fingerprint_bytes))
+            self.fp = fingerprint_of(head if head is not None else read_head(self.fd, self.fingerprint_bytes))
         if self.source_id is None:
             self.fix_source_id(final=False)
         lines, offsets, flags = self.splitter.feed(data, self.read_offset, now)
