@@ -65,6 +65,7 @@ from logagent.delivery import (
     HttpSettings,
     Response,
     Verdict,
+    check_template,
     compress,
     parse_http_settings,
     retry_after_seconds,
@@ -429,10 +430,7 @@ class ElasticsearchOutput(DeliveryOutput[ElasticsearchSettings, bytes]):
             raise section.error("give either index or data_stream, not both", "data_stream")
         data_stream = section.has("data_stream")
         index = section.str("data_stream") if data_stream else section.str("index", "logagent-%Y.%m.%d")
-        try:
-            FieldTemplate(index, dates=True)
-        except ValueError as e:
-            raise section.error(str(e), "data_stream" if data_stream else "index") from None
+        check_template(section, "data_stream" if data_stream else "index", index, dates=True)
         settings = ElasticsearchSettings(
             http=http,
             index=index,

@@ -84,6 +84,7 @@ from logagent.delivery import (
     HttpSettings,
     Response,
     Verdict,
+    check_template,
     compress,
     parse_http_settings,
     retry_after_seconds,
@@ -412,10 +413,7 @@ def _template_map(section: Section, key: str, default: dict[str, str]) -> tuple[
     for name, text in mapping.items():
         if not _LABEL_NAME.match(name):
             raise section.error(f"{name!r} is not a valid Loki label name ([a-zA-Z_][a-zA-Z0-9_]*)", key)
-        try:
-            FieldTemplate(text)
-        except ValueError as e:
-            raise section.error(f"{name}: {e}", key) from None
+        check_template(section, key, text, within=name)
     return tuple(mapping.items())
 
 
@@ -443,10 +441,7 @@ class LokiOutput(DeliveryOutput[LokiSettings, Item]):
             max_line_size=section.size("max_line_size", MAX_LINE_SIZE),
             max_label_value_length=section.int("max_label_value_length", MAX_LABEL_VALUE_LENGTH, min=16),
         )
-        try:
-            FieldTemplate(settings.tenant)
-        except ValueError as e:
-            raise section.error(str(e), "tenant") from None
+        check_template(section, "tenant", settings.tenant)
         section.done()
         return settings
 

@@ -84,6 +84,7 @@ from logagent.delivery import (
     HttpSettings,
     Response,
     Verdict,
+    check_template,
     compress,
     parse_http_settings,
     retry_after_seconds,
@@ -420,11 +421,7 @@ class SlsOutput(DeliveryOutput[SlsSettings, bytes]):
             raise section.error("SLS signs requests with access_key_id/access_key_secret; remove auth", "auth")
         files = tuple((key, str(spec["file"])) for key in ("access_key_id", "access_key_secret", "security_token")
                       if isinstance(spec := section.data.get(key), dict) and "file" in spec)
-        topic = section.str("topic", "")
-        try:
-            FieldTemplate(topic)
-        except ValueError as e:
-            raise section.error(str(e), "topic") from None
+        topic = check_template(section, "topic", section.str("topic", ""))
         settings = SlsSettings(
             http=http,
             endpoint=endpoint,

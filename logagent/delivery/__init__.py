@@ -10,7 +10,8 @@ the `DeliveryOutput` wiring (`output`) around the engine. The modules:
   `Encoded` request, the `Response`, the `Verdict` kinds, `retry_after_seconds`.
 - `engine`: `Delivery`, which batches items per key, sends with retries (full jitter, at least `Retry-After`),
   dead-letters what the backend refused for good, and acknowledges.
-- `templates`: `FieldTemplate`, the `{dotted.field|fallback}` templates of ES index names and Loki labels.
+- `templates`: `FieldTemplate`, the `{dotted.field|fallback}` templates of ES index names and Loki labels, and
+  `check_template`, which validates one as a setting.
 - `output`: `DeliveryOutput`, the `Output` that joins a codec and the engine.
 (Compression lives in `logagent.compression`; `compress` is re-exported here for the outputs.)
 
@@ -47,11 +48,11 @@ from logagent.delivery.settings import (
     parse_http_settings,
     ssl_context,
 )
-from logagent.delivery.templates import FieldTemplate
+from logagent.delivery.templates import FieldTemplate, check_template
 
 __all__ = [
     "COMPRESSIONS", "ITEMS", "OK", "REJECT", "RETRY", "SPLIT", "AuthSettings", "BatchSettings", "Codec",
     "Delivery", "DeliveryOutput", "Encoded", "FieldTemplate", "HttpSettings", "Item", "RequestTooLarge", "Response",
     "RetrySettings", "TlsSettings", "Verdict", "backoff_delay", "compress", "parse_http_settings",
-    "retry_after_seconds", "ssl_context",
+    "check_template", "retry_after_seconds", "ssl_context",
 ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from logagent.config import Section
+
 # strftime codes whose value changes at most once an hour: a rendered date needs only the record's hour
 _HOURLY_CODES = frozenset("YmdHyjbBhaAuwUWVGgCeIp%")
 
@@ -91,3 +93,13 @@ class FieldTemplate:
             t = time.gmtime((time_ns if time_ns is not None else time.time_ns()) // 1_000_000_000)
             text = time.strftime(text, t)
         return text
+
+
+def check_template(section: Section, key: str, text: str, *, dates: bool = False, within: str = "") -> str:
+    """`text` when it is a valid template; otherwise a config error naming the file and `key` (and `within` it, e.g.
+    the label whose template it is)."""
+    try:
+        FieldTemplate(text, dates=dates)
+    except ValueError as e:
+        raise section.error(f"{within}: {e}" if within else str(e), key) from None
+    return text
