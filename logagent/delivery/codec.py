@@ -10,7 +10,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from logagent.record import Batch
 
-Item = TypeVar("Item")
+Item = TypeVar("Item")  # what a codec makes of one record (ES: its bulk lines; Loki: a stream entry)
+
 
 @dataclass
 class Encoded:
