@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 
 from logagent import metrics
 from logagent.supervisor import RUNNING
 
 if TYPE_CHECKING:
+    from logagent.checkpoint import PositionTracker
     from logagent.config import AgentConfig
     from logagent.pipeline import Pipeline, _RunningOutput, _RunningStage
 
@@ -198,12 +200,12 @@ class Reloader:
             "stages_replaced": [rs.comp.name for rs in retired_stages]})
 
 
-async def _acknowledged(tracker: Any) -> None:
+async def _acknowledged(tracker: PositionTracker) -> None:
     while tracker.pending():
         await asyncio.sleep(0.02)
 
 
-async def _await_slowly(aw: Any, what: str, warn_after: float) -> None:
+async def _await_slowly(aw: Awaitable[object], what: str, warn_after: float) -> None:
     """Wait without a deadline (giving up would lose or duplicate records), warning when it takes long."""
     task = asyncio.ensure_future(aw)
     while True:

@@ -14,19 +14,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported when `start` runs: a `logagent check` never loads the HTTP server
+    from logagent.http import HealthServer, LoopHeartbeat
     from logagent.pipeline import Pipeline
+    from logagent.sdnotify import Notifier
 
 log = logging.getLogger("logagent.pipeline")
 
 
 @dataclass
 class _State:
-    server: Any = None  # logagent.http.HealthServer
-    heartbeat: Any = None  # logagent.http.LoopHeartbeat
-    notifier: Any = None  # logagent.sdnotify.Notifier
+    server: HealthServer | None = None
+    heartbeat: LoopHeartbeat | None = None
+    notifier: Notifier | None = None
     stall_timeout: float = 10.0
     watchdog_task: asyncio.Task[None] | None = None
     pidfile: str | None = None
@@ -38,7 +40,7 @@ class Operations:
         self.s = _State()
 
     @property
-    def notifier(self) -> Any:
+    def notifier(self) -> Notifier | None:
         return self.s.notifier
 
     # -- checks ---------------------------------------------------------------------------------------------
@@ -85,8 +87,8 @@ class Operations:
 
         s = self.s
         s.notifier = Notifier()
-        s.heartbeat = LoopHeartbeat()
-        s.heartbeat.start()
+        s.heartbeat = heartbeat = LoopHeartbeat()
+        heartbeat.start()
         settings = parse_server_settings(self.p.config.http)
         s.stall_timeout = settings.stall_timeout
         if settings.enabled:
@@ -100,13 +102,16 @@ class Operations:
 
         s = self.s
         s.pidfile = write_pidfile(self.p.config.state_dir)
+        if s.notifier is None:  # `start` did not run
+            return
         s.notifier.ready(f"running: {len(self.p.inputs)} inputs, {len(self.p.outputs)} outputs")
         interval = watchdog_interval()
         if interval is not None:
             s.watchdog_task = asyncio.create_task(feed_watchdog(s.notifier, interval, self.health), name="watchdog")
 
     async def stopping(self) -> None:
-        self.s.notifier.stopping("shutting down: draining in-flight batches")
+        if self.s.notifier is not None:
+            self.s.notifier.stopping("shutting down: draining in-flight batches")
         await self.p.reloader.finish(self.p.config.grace_period)
 
     async def stop(self) -> None:
