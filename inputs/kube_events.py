@@ -36,8 +36,9 @@ from logagent import metrics
 from logagent.backoff import Backoff
 from logagent.component import Context, Emit, Input
 from logagent.config import Section
+from logagent.kubernetes.access import ApiAccess, parse_access
 from logagent.kubernetes.api import ApiError, Gone
-from logagent.kubernetes.client import ApiAccess, ApiClient, node_name, parse_access
+from logagent.kubernetes.client import ApiClient, node_name
 from logagent.kubernetes.lease import LeaderElector
 from logagent.record import Batch, Record
 

@@ -1,12 +1,12 @@
 """Single-object requests to the API server (nodes/status patches, events, leases), sharing the watch's
-credentials (`api.py`), and the access settings components configure. Non-2xx answers raise the `api` errors."""
+credentials (`api.py`); the access settings components configure are in `access.py`. Non-2xx answers raise the
+`api` errors."""
 
 from __future__ import annotations
 
 import os
 import socket
 import time
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
@@ -20,8 +20,6 @@ from logagent.kubernetes.api import (
     Gone,
     NotFound,
     TokenSource,
-    in_cluster_credentials,
-    kubeconfig_credentials,
 )
 
 _ERRORS: dict[int, type[ApiError]] = {404: NotFound, 409: Conflict, 410: Gone}
@@ -80,32 +78,6 @@ class ApiClient:
             f"HTTP {resp.status} {method} {path}: {reason or ''} {str(message or raw[:200])[:300]}".strip())
         err.status, err.reason = resp.status, reason
         raise err
-
-
-@dataclass(frozen=True)
-class ApiAccess:
-    """Where and how to reach the API server, as components configure it (same keys as the kubernetes stage)."""
-
-    kubeconfig: str | None = None
-    context: str | None = None
-    api_server: str | None = None
-    token_file: str | None = None
-    ca_file: str | None = None
-
-    def credentials(self) -> ApiCredentials | None:
-        """None when not in a cluster and nothing is configured; ValueError/OSError for unusable settings."""
-        if self.kubeconfig:
-            return kubeconfig_credentials(self.kubeconfig, self.context, self.api_server)
-        return in_cluster_credentials(self.api_server, self.token_file, self.ca_file)
-
-
-def parse_access(section: Any) -> ApiAccess:
-    """The API access keys of a config section (`kubeconfig`, `context`, `api_server`, `token_file`, `ca_file`)."""
-    access = ApiAccess(section.str("kubeconfig", None), section.str("context", None), section.str("api_server", None),
-                       section.str("token_file", None), section.str("ca_file", None))
-    if access.api_server is not None and not access.api_server.startswith(("http://", "https://")):
-        raise section.error(f"expected an http:// or https:// URL, got {access.api_server!r}", "api_server")
-    return access
 
 
 def node_name(configured: str | None) -> str:

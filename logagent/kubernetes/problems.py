@@ -31,8 +31,9 @@ from logagent import metrics
 from logagent.backoff import Backoff
 from logagent.component import Context, Stage
 from logagent.config import Section
+from logagent.kubernetes.access import ApiAccess, parse_access
 from logagent.kubernetes.api import ApiError
-from logagent.kubernetes.client import ApiAccess, ApiClient, node_name, parse_access
+from logagent.kubernetes.client import ApiClient, node_name
 from logagent.kubernetes.conditions import ConditionRule, ConditionState, parse_condition_rules, read_boot_id, trim
 from logagent.kubernetes.events import SMP, EventRecorder
 from logagent.record import Batch, Record

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from logagent import metrics
 from logagent.component import Context, Stage
 from logagent.config import Section
+from logagent.kubernetes.access import ApiAccess, parse_access
 from logagent.kubernetes.cache import PodCache, PodEntry, container_meta, pod_meta
 from logagent.kubernetes.envelope import EnvelopeUnwrapper, declared_sidecars
 from logagent.kubernetes.path import PathInfo, PathResolver
@@ -53,11 +54,7 @@ PARSER = "logagent.io/parser"
 @dataclass(frozen=True)
 class KubernetesSettings:
     api: bool
-    kubeconfig: str | None
-    context: str | None
-    api_server: str | None
-    token_file: str | None
-    ca_file: str | None
+    access: ApiAccess  # kubeconfig, context, api_server, token_file, ca_file (logagent.kubernetes.access)
     node_name: str | None
     annotations: tuple[str, ...]
     deleted_pod_retention: float
@@ -91,11 +88,7 @@ class KubernetesMetadata(Stage[KubernetesSettings]):
     def parse_settings(cls, section: Section) -> KubernetesSettings:
         s = KubernetesSettings(
             api=section.bool("api", True),
-            kubeconfig=section.str("kubeconfig", None),
-            context=section.str("context", None),
-            api_server=section.str("api_server", None),
-            token_file=section.str("token_file", None),
-            ca_file=section.str("ca_file", None),
+            access=parse_access(section),
             node_name=section.str("node_name", None),
             annotations=tuple(section.str_list("annotations", [])),
             deleted_pod_retention=section.duration("deleted_pod_retention", 300.0),
@@ -110,8 +103,6 @@ class KubernetesMetadata(Stage[KubernetesSettings]):
             backoff_max=section.duration("backoff_max", 30.0),
             sync_timeout=section.duration("sync_timeout", 5.0),
         )
-        if s.api_server is not None and not s.api_server.startswith(("http://", "https://")):
-            raise section.error(f"expected an http:// or https:// URL, got {s.api_server!r}", "api_server")
         if s.backoff_initial <= 0:
             raise section.error("must be more than 0", "backoff_initial")
         section.done()
@@ -164,13 +155,8 @@ class KubernetesMetadata(Stage[KubernetesSettings]):
                             extra={"waited": s.sync_timeout, "error": self._shared.watcher.last_error})
 
     def _credentials(self) -> ApiCredentials | None:
-        from logagent.kubernetes.api import in_cluster_credentials, kubeconfig_credentials
-
-        s = self.settings
         try:
-            if s.kubeconfig:
-                return kubeconfig_credentials(s.kubeconfig, s.context, s.api_server)
-            creds = in_cluster_credentials(s.api_server, s.token_file, s.ca_file)
+            creds = self.settings.access.credentials()
         except (ValueError, OSError) as e:
             metrics.ERRORS.labels(component=self.name, kind="api_config").inc()
             log.error("kubernetes API credentials unusable; tagging from paths only", extra={"error": str(e)})
