@@ -65,15 +65,15 @@ class _Request(Generic[Item]):
     def __init__(self, key: str) -> None:
         self.key = key
         self.items: list[Item] = []
-        self.spans: list[list[Any]] = []  # [chunk, count] runs in item order
+        self.spans: list[tuple[_Chunk, int]] = []  # (chunk, count) runs in item order
         self.nbytes = 0
 
     def add(self, chunk: _Chunk, items: list[Item], nbytes: int) -> None:
         self.items.extend(items)
         if self.spans and self.spans[-1][0] is chunk:
-            self.spans[-1][1] += len(items)
+            self.spans[-1] = (chunk, self.spans[-1][1] + len(items))
         else:
-            self.spans.append([chunk, len(items)])
+            self.spans.append((chunk, len(items)))
         self.nbytes += nbytes
 
     def owners(self) -> list[_Chunk]:
@@ -86,11 +86,11 @@ class _Request(Generic[Item]):
 def _from_owners(key: str, items: list[Item], owners: list[_Chunk], nbytes: int) -> _Request[Item]:
     req: _Request[Item] = _Request(key)
     req.items = items
-    for chunk in owners:
-        if req.spans and req.spans[-1][0] is chunk:
-            req.spans[-1][1] += 1
-        else:
-            req.spans.append([chunk, 1])
+    start = 0
+    for i in range(1, len(owners) + 1):  # one span per run of the same chunk
+        if i == len(owners) or owners[i] is not owners[start]:
+            req.spans.append((owners[start], i - start))
+            start = i
     req.nbytes = nbytes
     return req
 
@@ -414,15 +414,17 @@ class Delivery(Generic[Item]):
             self.on_permanent(key, reason)
 
     def _resolve(self, owners: list[_Chunk], confirmed: bool) -> None:
-        counts: dict[int, list[Any]] = {}
+        chunks: dict[int, _Chunk] = {}
+        counts: dict[int, int] = {}
         for c in owners:
-            e = counts.get(id(c))
-            if e is None:
-                counts[id(c)] = [c, 1]
+            k = id(c)
+            if k in counts:
+                counts[k] += 1
             else:
-                e[1] += 1
-        for c, n in counts.values():
-            self._settle(c, n, confirmed)
+                counts[k] = 1
+                chunks[k] = c
+        for k, n in counts.items():
+            self._settle(chunks[k], n, confirmed)
 
     def _settle(self, chunk: _Chunk, n: int, confirmed: bool) -> None:
         if confirmed:
