@@ -313,10 +313,10 @@ class _Exchange:
             if event is not h11.NEED_DATA:
                 return event
             try:
-                if self.read_timeout is None:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancel that arrives as the read
+                # completes, and a watch being stopped then reads on for ever (seen: a stage.stop() that hung)
+                async with asyncio.timeout(self.read_timeout):
                     data = await conn.reader.read(_READ)
-                else:
-                    data = await asyncio.wait_for(conn.reader.read(_READ), self.read_timeout)
             except TimeoutError:
                 raise  # (an OSError subclass): the server went quiet, not away
             except OSError as e:

@@ -168,11 +168,12 @@ class KubernetesMetadata(Stage[KubernetesSettings]):
     async def stop(self) -> None:
         self._shared.users -= 1
         if self._shared.users <= 0 and self._shared.task is not None:
-            self._shared.task.cancel()
-            try:
-                await self._shared.task
-            except (asyncio.CancelledError, Exception):
-                pass
+            task = self._shared.task
+            while not task.done():  # again if a cancel was lost in a race (Python 3.11's wait_for can lose one)
+                task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
+            if not task.cancelled() and task.exception() is not None:
+                log.debug("kubernetes watch ended with an error", extra={"error": repr(task.exception())})
             self._shared.task = None
             self._shared.watcher = None
 
