@@ -150,18 +150,9 @@ class CriJoiner:
     def _mixed(self, parts: list[list[str]], offsets: list[int], tags: list[str]) -> list[Record] | None:
         """A batch of well-formed `P`/`F` lines of known streams, no reader flags. None (nothing consumed) when a
         timestamp is not valid: the general path then takes the batch line by line."""
-        stamps = list(map(_FIRST, parts))
-        nanos = _times(stamps)
-        if None in nanos:
+        records = full_records(parts, offsets)  # each line taken as `F`; the pieces are put right below
+        if records is None:
             return None
-        known = cast(list[int], nanos)
-        if max(known) >= NS_MAX or min(known) <= NS_MIN:
-            return None  # a clamped time: the general path flags it
-        records: list[Record] = [
-            {"message": p[3], "offset": o, "time": t, "time_ns": n, "stream": _STREAM_NAME[p[1]], "fragments": 1,
-             "lines": 1}
-            for p, o, t, n in zip(parts, offsets, stamps, nanos)
-        ]
         pieces = []
         i = 0
         try:
