@@ -584,6 +584,14 @@ static int put_varint(uint64_t v) {
     return 0;
 }
 
+/* A protobuf key byte (field number and wire type) followed by a varint: the length of what follows, or a value. */
+static int put_key_varint(int key, uint64_t v) {
+    if (reserve(1) < 0)
+        return -1;
+    B.p[B.len++] = (char)key;
+    return put_varint(v);
+}
+
 /* The UTF-8 length of a str; -1 if it holds a surrogate (which strict UTF-8 cannot carry). */
 static Py_ssize_t utf8_len(PyObject *s) {
     Py_ssize_t n = PyUnicode_GET_LENGTH(s);
@@ -647,10 +655,7 @@ static int put_utf8(PyObject *s, Py_ssize_t nbytes) {
 static int put_str_field(int key, PyObject *s, Py_ssize_t nbytes) {
     if (nbytes == 0)
         return 0;
-    if (reserve(1) < 0)
-        return -1;
-    B.p[B.len++] = (char)key;
-    if (put_varint((uint64_t)nbytes) < 0 || put_utf8(s, nbytes) < 0)
+    if (put_key_varint(key, (uint64_t)nbytes) < 0 || put_utf8(s, nbytes) < 0)
         return -1;
     return 0;
 }
@@ -712,28 +717,12 @@ static PyObject *loki_entries(PyObject *self, PyObject *args) {
         Py_ssize_t tslen = (secs ? 1 + varint_len((uint64_t)secs) : 0) + (nanos ? 1 + varint_len((uint64_t)nanos) : 0);
         Py_ssize_t elen = 1 + varint_len((uint64_t)tslen) + tslen + (llen ? 1 + varint_len((uint64_t)llen) + llen : 0)
                           + mdlen;
-        if (reserve(2) < 0)
+        if (put_key_varint(0x12, (uint64_t)elen) < 0 || put_key_varint(0x0A, (uint64_t)tslen) < 0)
             goto fail;
-        B.p[B.len++] = 0x12;
-        if (put_varint((uint64_t)elen) < 0 || reserve(1) < 0)
+        if (secs && put_key_varint(0x08, (uint64_t)secs) < 0)
             goto fail;
-        B.p[B.len++] = 0x0A;
-        if (put_varint((uint64_t)tslen) < 0)
+        if (nanos && put_key_varint(0x10, (uint64_t)nanos) < 0)
             goto fail;
-        if (secs) {
-            if (reserve(1) < 0)
-                goto fail;
-            B.p[B.len++] = 0x08;
-            if (put_varint((uint64_t)secs) < 0)
-                goto fail;
-        }
-        if (nanos) {
-            if (reserve(1) < 0)
-                goto fail;
-            B.p[B.len++] = 0x10;
-            if (put_varint((uint64_t)nanos) < 0)
-                goto fail;
-        }
         if (put_str_field(0x12, line, llen) < 0)
             goto fail;
         for (Py_ssize_t j = 0; j < nmd; j++) {
@@ -741,10 +730,8 @@ static PyObject *loki_entries(PyObject *self, PyObject *args) {
             PyObject *k = PyTuple_GET_ITEM(pair, 0), *v = PyTuple_GET_ITEM(pair, 1);
             Py_ssize_t kl = utf8_len(k), vl = utf8_len(v);
             Py_ssize_t pl = (kl ? 1 + varint_len((uint64_t)kl) + kl : 0) + (vl ? 1 + varint_len((uint64_t)vl) + vl : 0);
-            if (reserve(1) < 0)
-                goto fail;
-            B.p[B.len++] = 0x1A;
-            if (put_varint((uint64_t)pl) < 0 || put_str_field(0x0A, k, kl) < 0 || put_str_field(0x12, v, vl) < 0)
+            if (put_key_varint(0x1A, (uint64_t)pl) < 0 || put_str_field(0x0A, k, kl) < 0 ||
+                put_str_field(0x12, v, vl) < 0)
                 goto fail;
         }
     }
@@ -803,11 +790,8 @@ static PyObject *sls_logs(PyObject *self, PyObject *args) {
         Py_ssize_t body = 1 + varint_len(secs) + PyBytes_GET_SIZE(shared) + 1 + varint_len((uint64_t)kv) + kv +
                           PyBytes_GET_SIZE(sp) + 5;
         B.len = 0;
-        if (reserve(1) < 0)
-            goto fail;
-        B.p[B.len++] = 0x0A;
-        if (put_varint((uint64_t)body) < 0 || put("\x08", 1) < 0 || put_varint(secs) < 0 || put_bytes(shared) < 0 ||
-            put("\x12", 1) < 0 || put_varint((uint64_t)kv) < 0 || put("\x0a\x07message\x12", 10) < 0 ||
+        if (put_key_varint(0x0A, (uint64_t)body) < 0 || put_key_varint(0x08, secs) < 0 || put_bytes(shared) < 0 ||
+            put_key_varint(0x12, (uint64_t)kv) < 0 || put("\x0a\x07message\x12", 10) < 0 ||
             put_varint((uint64_t)mlen) < 0 || put_utf8(msg, mlen) < 0 || put_bytes(sp) < 0)
             goto fail;
         char tail[5] = {0x25, (char)(nanos & 0xFF), (char)((nanos >> 8) & 0xFF), (char)((nanos >> 16) & 0xFF),
