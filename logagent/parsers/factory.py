@@ -17,17 +17,16 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from logagent.config import Section
-from logagent.parsers import autotrace, modes
 from logagent.parsers.base import LineJoiner, RawJoiner
-from logagent.parsers.cri import CriJoiner
-from logagent.parsers.detect import AutoJoiner
-from logagent.parsers.docker import DockerJoiner
-from logagent.parsers.jsonbody import JsonBodyJoiner, JsonBodyParser, JsonBodySettings
-from logagent.parsers.multiline import MultilineJoiner
-from logagent.parsers.statemachine import Rule, parse_rules, state_machine
+
+if TYPE_CHECKING:
+    from logagent.parsers.statemachine import Rule
+
+# The joiners are imported where they are built: an agent loads only the formats and multiline modes its config
+# names (autotrace alone brings ahocorasick_rs; issue 11's idle figure).
 
 log = logging.getLogger("logagent.parsers")
 
@@ -71,7 +70,11 @@ def parse_parser_settings(section: Section) -> ParserSettings:
     start = _regex(section, "multiline_start")
     cont = _regex(section, "multiline_continue")
     end = _regex(section, "multiline_end")
-    rules = parse_rules(section, "multiline_rules") if section.has("multiline_rules") else ()
+    rules: tuple[Rule, ...] = ()
+    if section.has("multiline_rules"):
+        from logagent.parsers.statemachine import parse_rules
+
+        rules = parse_rules(section, "multiline_rules")
     if multiline != "custom":
         for key, value in (("multiline_start", start), ("multiline_continue", cont), ("multiline_end", end),
                            ("multiline_rules", rules)):
@@ -110,10 +113,16 @@ def parse_parser_settings(section: Section) -> ParserSettings:
 
 def format_joiner(fmt: str, settings: ParserSettings, clock: Callable[[], float] = time.monotonic) -> LineJoiner:
     if fmt == "cri":
+        from logagent.parsers.cri import CriJoiner
+
         return CriJoiner(settings.max_record_bytes, settings.partial_flush, clock)
     if fmt == "docker":
+        from logagent.parsers.docker import DockerJoiner
+
         return DockerJoiner(settings.max_record_bytes, settings.partial_flush, clock)
     if fmt == "auto":
+        from logagent.parsers.detect import AutoJoiner
+
         return AutoJoiner(lambda detected: format_joiner(detected, settings, clock))
     return RawJoiner()
 
@@ -138,16 +147,27 @@ def make_joiner(settings: ParserSettings, path: str, overrides: Mapping[str, Any
                 log.warning("ignoring parser annotation %r (known: text, json)", wanted, extra={"path": path})
     joiner = format_joiner(settings.format, settings, clock)
     if multiline != "none":
+        from logagent.parsers import modes
+        from logagent.parsers.multiline import MultilineJoiner
+
         prefilter = None
         if multiline == "custom":
-            step = (state_machine(settings.multiline_rules) if settings.multiline_rules
-                    else modes.custom(settings.multiline_start, settings.multiline_continue, settings.multiline_end))
+            if settings.multiline_rules:
+                from logagent.parsers.statemachine import state_machine
+
+                step = state_machine(settings.multiline_rules)
+            else:
+                step = modes.custom(settings.multiline_start, settings.multiline_continue, settings.multiline_end)
         elif multiline in ("auto", "dotnet", "php", "dart"):
+            from logagent.parsers import autotrace
+
             step, prefilter = autotrace.auto, autotrace.hits
         else:
             step = modes.BUILTIN[multiline]
         joiner = MultilineJoiner(joiner, step, settings.multiline_flush, settings.multiline_max_lines,
                                  settings.multiline_max_bytes, clock, prefilter)
     if body == "json":
+        from logagent.parsers.jsonbody import JsonBodyJoiner, JsonBodyParser, JsonBodySettings
+
         joiner = JsonBodyJoiner(joiner, JsonBodyParser(JsonBodySettings(target=settings.json_key)))
     return joiner
