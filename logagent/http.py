@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -130,6 +131,29 @@ ReadinessCheck = Callable[[], tuple[bool, dict[str, str]]]
 ReadinessDetails = Callable[[], tuple[dict[str, str], dict[str, str]]]
 
 
+def _literal_socket(host: str, port: int) -> socket.socket | None:
+    """A bound listening socket for an IP literal, the way `loop.create_server` makes one (SO_REUSEADDR,
+    IPV6_V6ONLY), or None for a name or "" (every interface), which need getaddrinfo. An IP literal needs none: the
+    lookup would run on a resolver thread (libuv starts its pool of 4 for it under uvloop) and encode the host with
+    the idna codec (unicodedata, stringprep), all for an answer known in advance (idle RSS, issue 11)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    return None
+
+
 class ListenError(Exception):
     """The http server cannot bind its address: the agent does not start (the DaemonSet's probes would kill an
     agent running without its endpoints later, for a reason much harder to see)."""
@@ -159,8 +183,12 @@ class HealthServer:
 
     async def start(self) -> list[tuple[str, int]]:
         try:
-            server = await asyncio.start_server(self._serve, self.settings.host or None, self.settings.port,
-                                                reuse_address=True)
+            sock = _literal_socket(self.settings.host, self.settings.port)
+            if sock is not None:
+                server = await asyncio.start_server(self._serve, sock=sock)
+            else:
+                server = await asyncio.start_server(self._serve, self.settings.host or None, self.settings.port,
+                                                    reuse_address=True)
         except OSError as e:
             address = f"[{self.settings.host}]:{self.settings.port}" if ":" in self.settings.host \
                 else f"{self.settings.host}:{self.settings.port}"
