@@ -90,7 +90,6 @@ from logagent.delivery import (
     retry_after_seconds,
 )
 from logagent.outputs.loki_answers import refused
-from logagent.outputs.proto.logproto_pb2 import PushRequest
 from logagent.outputs.protowire import varint
 from logagent.record import Batch
 from logagent.redact import excerpt, mask
@@ -164,6 +163,10 @@ def push_body(streams: dict[str, list[Item]], native: bool = True) -> bytes:
             out.append(b"\x0a" + varint(len(body)) + body)
         else:
             return b"".join(out)
+    # the generated classes (protobuf's runtime, ~3 MB resident) are loaded only when the accelerator is missing
+    # or declines a stream: an agent with its native encoder never carries them (idle RSS, issue 11)
+    from logagent.outputs.proto.logproto_pb2 import PushRequest
+
     req = PushRequest()
     for labels, entries in streams.items():
         stream = req.streams.add(labels=labels)

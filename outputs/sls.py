@@ -56,9 +56,6 @@ more than SLS's 4096 logs or 10 MB raw body in one request.
 from __future__ import annotations
 
 import base64
-import email.utils
-import hashlib
-import hmac
 import logging
 import socket
 import struct
@@ -89,7 +86,6 @@ from logagent.delivery import (
     parse_http_settings,
     retry_after_seconds,
 )
-from logagent.outputs.proto.sls_logs_pb2 import Log
 from logagent.outputs.protowire import ld as _ld
 from logagent.outputs.protowire import varint as _varint
 from logagent.record import Batch, identity_of
@@ -202,6 +198,9 @@ def contents(fields: dict[str, Any]) -> bytes:
 def sign(secret: str, verb: str, md5: str, ctype: str, date: str, headers: dict[str, str], resource: str) -> str:
     canon = "".join(f"{k}:{headers[k]}\n" for k in sorted(headers) if k.startswith(("x-log-", "x-acs-")))
     text = f"{verb}\n{md5}\n{ctype}\n{date}\n{canon}{resource}"
+    import hashlib
+    import hmac
+
     return base64.b64encode(hmac.new(secret.encode(), text.encode(), hashlib.sha1).digest()).decode()
 
 
@@ -302,6 +301,9 @@ class SlsPutLogs:
     def encode(self, key: str, items: list[bytes]) -> Encoded:
         raw = b"".join(items) + (_ld(0x1A, key.encode()) if key else b"") + self.group_tail_static
         body = compress("lz4", raw)
+        import email.utils  # this, hashlib and hmac at the first request, not with the config (idle RSS, issue 11)
+        import hashlib
+
         date = email.utils.formatdate(usegmt=True)
         md5 = hashlib.md5(body).hexdigest().upper()
         ctype = "application/x-protobuf"
@@ -365,6 +367,8 @@ class SlsPutLogs:
 
     def dead_record(self, key: str, item: bytes) -> dict[str, Any]:
         """The Log back as a mapping (for the dead-letter file): Time, Time_ns and Contents."""
+        from logagent.outputs.proto.sls_logs_pb2 import Log  # protobuf's runtime: only on this rare path
+
         log = Log.FromString(_payload(item))
         rec: dict[str, Any] = {"Time": log.Time, "Time_ns": log.Time_ns,
                                "Contents": {_text(c.Key): _text(c.Value) for c in log.Contents}}
@@ -384,6 +388,8 @@ def _skew(server_date: str | None) -> float | None:
     if not server_date:
         return None
     try:
+        import email.utils  # the email package, for an answer's Date header: only on a clock-skew error
+
         return time.time() - email.utils.parsedate_to_datetime(server_date).timestamp()
     except (TypeError, ValueError):
         return None
