@@ -37,7 +37,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
-    _tune_memory()
+    from logagent import allocator
+
+    allocator.tune()
     _tune_gc()
     from logagent.checkpoint import StateDirError
 
@@ -49,58 +51,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except StateDirError as e:  # full disk, read-only or unwritable state dir: one line, no traceback
         print(f"logagent: {e}", file=sys.stderr)
         return 1
-
-
-def _tune_memory() -> None:
-    """Keep glibc from handing freed heap back to the kernel after every batch.
-
-    Each batch allocates and frees a few MB (records, line lists, encoded output). With glibc's default dynamic
-    trim threshold the heap top is returned with brk() after nearly every batch and faulted in again for the
-    next one: measured on benchmarks/bench_tail.py, ~2 million page faults per 330 MB of log, 40% of the agent's
-    CPU spent in the kernel. A fixed 64 MiB trim threshold keeps that much free heap for reuse (RSS stays below
-    the peak it already reached). Explicit MALLOC_* environment settings win; other libcs are left alone.
-    """
-    if any(k.startswith("MALLOC_") for k in os.environ):
-        return
-    try:
-        if not os.confstr("CS_GNU_LIBC_VERSION"):
-            return
-        import ctypes
-
-        mallopt = ctypes.CDLL(None).mallopt
-    except (ValueError, OSError, AttributeError):
-        return
-    m_trim_threshold, m_top_pad = -1, -2  # <malloc.h>
-    mallopt(m_trim_threshold, 64 << 20)
-    mallopt(m_top_pad, 16 << 20)
-    interval = float(os.environ.get("LOGAGENT_TRIM_INTERVAL", TRIM_INTERVAL))
-    if interval > 0:
-        _start_trimmer(ctypes.CDLL(None).malloc_trim, interval)
-
-
-TRIM_INTERVAL = 10.0
-
-
-def _start_trimmer(malloc_trim: Any, interval: float) -> None:
-    """Every `interval` seconds, give the free heap back to the kernel (`malloc_trim(0)`: the top, and the free
-    pages inside the heap). The 64 MiB trim threshold above keeps a burst's freed memory for the next batches;
-    without this the agent would hold its high-water mark for ever after one burst. Once per 10 s the
-    refaults cost nothing measurable (a few thousand page faults against the ~2 million per 330 MB the default
-    threshold cost). A thread, so that it works whatever the event loop is doing; glibc locks its arenas."""
-    import ctypes
-    import threading
-    import time
-
-    def trim() -> None:
-        try:
-            ctypes.CDLL(None).prctl(15, b"malloc-trim", 0, 0, 0)  # PR_SET_NAME: shown by top -H, /proc/*/task
-        except (OSError, AttributeError):
-            pass
-        while True:
-            time.sleep(interval)
-            malloc_trim(0)
-
-    threading.Thread(target=trim, name="malloc-trim", daemon=True).start()
 
 
 def _tune_gc() -> None:

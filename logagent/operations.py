@@ -16,6 +16,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from logagent import allocator
+
 if TYPE_CHECKING:  # imported when `start` runs: a `logagent check` never loads the HTTP server
     from logagent.http import HealthServer, LoopHeartbeat
     from logagent.pipeline import Pipeline
@@ -105,6 +107,7 @@ class Operations:
         if s.notifier is None:  # `start` did not run
             return
         s.notifier.ready(f"running: {len(self.p.inputs)} inputs, {len(self.p.outputs)} outputs")
+        allocator.trim()  # start-up's temporaries back to the kernel now, not at the trim thread's first round
         interval = watchdog_interval()
         if interval is not None:
             s.watchdog_task = asyncio.create_task(feed_watchdog(s.notifier, interval, self.health), name="watchdog")

@@ -1,4 +1,4 @@
-"""The agent's allocator settings as a running agent has them (`logagent.cli._tune_memory`): on glibc a
+"""The agent's allocator settings as a running agent has them (`logagent.allocator.tune`): on glibc a
 `malloc-trim` thread gives the free heap back every LOGAGENT_TRIM_INTERVAL seconds (0 turns it off), and an
 explicit MALLOC_* setting leaves the allocator entirely to the environment."""
 
