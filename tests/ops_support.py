@@ -29,12 +29,13 @@ def agent_argv(config: Path) -> list[str]:
 class Agent:
     """A `logagent run` subprocess with its stderr (JSON self-logs) collected to a file."""
 
-    def __init__(self, config: Path, workdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, workdir: Path, env: dict[str, str] | None = None,
+                 argv: list[str] | None = None) -> None:
         self.config = config
         self.stderr_path = workdir / "agent.stderr"
         self._stderr = open(self.stderr_path, "wb")
         full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-        self.proc = subprocess.Popen(agent_argv(config), stdout=subprocess.DEVNULL, stderr=self._stderr,
+        self.proc = subprocess.Popen(argv or agent_argv(config), stdout=subprocess.DEVNULL, stderr=self._stderr,
                                      env=full_env, cwd=str(workdir))
 
     def logs(self) -> list[dict[str, Any]]:
