@@ -1,4 +1,4 @@
-/* Optional native accelerator for the two hottest loops of the container-log path (issue 11).
+/* Optional native accelerator for the hottest loops of the container-log path (issue 11).
  *
  * cri_records(lines, offsets, streams) -> (records, pieces) | None
  *     The CRI joiner's common batch: every line `<YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z> <stdout|stderr> <P|F> <message>`.
@@ -7,6 +7,15 @@
  *     lists the indices of the `P` lines for the caller to join. None when any line is in another form (a numeric
  *     zone, a tag with more than one character, a timestamp out of the 64-bit range, ...): the caller then runs
  *     the Python path, which is the reference.
+ *
+ * cri_chunk(buf, stop, base, max_line, streams) -> (records, pieces) | None
+ *     The same from the bytes read: the lines of buf[0:stop] (cut at each b"\n" as bytes.split cuts them; the
+ *     first starts at file offset `base`) become records without a list of decoded lines in between. None when a
+ *     line is longer than `max_line` bytes, its message is not valid UTF-8, or cri_records would decline it.
+ *
+ * with_key(records, key, prefix=None) -> list[dict]
+ *     The records (dicts) that hold `key`, and when `prefix` is given whose value is a str starting with it: the
+ *     rare records a batch-level stage must look at, found without a bytecode loop over the batch.
  *
  * es_items(records, first, middle, date_hours) -> list[bytes] | None
  *     Elasticsearch `_bulk` items of a batch of CRI records (lean shape): per record
@@ -240,6 +249,148 @@ fail:
     Py_XDECREF(pieces);
     Py_XDECREF(t_out);
     Py_XDECREF(t_err);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* cri_chunk: the same records straight from the bytes read, without the lines in between */
+
+/* One line `<Z time> <stdout|stderr> <P|F> <message>` of d[0..len) as a record (a copy of its stream's template);
+   *is_piece: a `P` line. NULL without an error set: the line is in another form (or its message is not valid
+   UTF-8), the caller declines. */
+static PyObject *cri_line_record(const char *d, Py_ssize_t len, long long offset, PyObject *t_out, PyObject *t_err,
+                                 int *is_piece) {
+    const char *hit = memchr(d, ' ', (size_t)(len < 31 ? len : 31));
+    Py_ssize_t sp = hit ? hit - d : -1;
+    int64_t tns;
+    if (sp < 0 || len < sp + 10 || parse_z_bytes(d, sp, &tns) != 0)
+        return NULL;
+    int is_out = memcmp(d + sp, " stdout ", 8) == 0;
+    if (!is_out && memcmp(d + sp, " stderr ", 8) != 0)
+        return NULL;
+    char tag = d[sp + 8];
+    if ((tag != 'F' && tag != 'P') || d[sp + 9] != ' ')
+        return NULL;
+    PyObject *msg = PyUnicode_DecodeUTF8(d + sp + 10, len - sp - 10, NULL);
+    if (msg == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+            PyErr_Clear(); /* the Python path flags it `invalid_utf8` */
+        return NULL;
+    }
+    PyObject *ts = PyUnicode_FromStringAndSize(d, sp); /* ASCII: parse_z_bytes checked every byte */
+    PyObject *off = PyLong_FromLongLong(offset);
+    PyObject *nsobj = PyLong_FromLongLong(tns);
+    PyObject *rec = (ts && off && nsobj) ? PyDict_Copy(is_out ? t_out : t_err) : NULL;
+    if (rec != NULL && (PyDict_SetItem(rec, k_message, msg) < 0 || PyDict_SetItem(rec, k_offset, off) < 0 ||
+                        PyDict_SetItem(rec, k_time, ts) < 0 || PyDict_SetItem(rec, k_time_ns, nsobj) < 0))
+        Py_CLEAR(rec);
+    Py_DECREF(msg);
+    Py_XDECREF(ts);
+    Py_XDECREF(off);
+    Py_XDECREF(nsobj);
+    *is_piece = tag == 'P';
+    return rec;
+}
+
+static PyObject *cri_chunk(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t stop, max_line;
+    long long base;
+    PyObject *streams;
+    if (!PyArg_ParseTuple(args, "y*nLnO!", &view, &stop, &base, &max_line, &PyTuple_Type, &streams))
+        return NULL;
+    PyObject *records = NULL, *pieces = NULL, *t_out = NULL, *t_err = NULL, *out = NULL;
+    if (stop < 0 || stop > view.len || base < 0 || PyTuple_GET_SIZE(streams) != 2) {
+        PyErr_SetString(PyExc_ValueError, "stop outside the buffer, a negative base, or streams is not a pair");
+        goto done;
+    }
+    records = PyList_New(0);
+    pieces = PyList_New(0);
+    if (records == NULL || pieces == NULL || (t_out = template(PyTuple_GET_ITEM(streams, 0))) == NULL ||
+        (t_err = template(PyTuple_GET_ITEM(streams, 1))) == NULL)
+        goto done;
+    const char *d = (const char *)view.buf;
+    Py_ssize_t start = 0;
+    int declined = 0;
+    for (;;) { /* the lines of d[0..stop): as bytes.split(b"\n") cuts them */
+        const char *nl = memchr(d + start, '\n', (size_t)(stop - start));
+        Py_ssize_t end = nl ? nl - d : stop;
+        int is_piece = 0;
+        PyObject *rec = end - start > max_line
+                            ? NULL
+                            : cri_line_record(d + start, end - start, base + start, t_out, t_err, &is_piece);
+        if (rec == NULL) {
+            declined = !PyErr_Occurred();
+            break;
+        }
+        Py_ssize_t i = PyList_GET_SIZE(records);
+        int bad = PyList_Append(records, rec) < 0;
+        Py_DECREF(rec);
+        if (!bad && is_piece) {
+            PyObject *idx = PyLong_FromSsize_t(i);
+            bad = idx == NULL || PyList_Append(pieces, idx) < 0;
+            Py_XDECREF(idx);
+        }
+        if (bad)
+            break;
+        if (nl == NULL) {
+            out = PyTuple_Pack(2, records, pieces);
+            break;
+        }
+        start = end + 1;
+    }
+    if (declined) {
+        Py_INCREF(Py_None);
+        out = Py_None;
+    }
+done:
+    Py_XDECREF(records);
+    Py_XDECREF(pieces);
+    Py_XDECREF(t_out);
+    Py_XDECREF(t_err);
+    PyBuffer_Release(&view);
+    return out;
+}
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* with_key */
+
+static PyObject *with_key(PyObject *self, PyObject *args) {
+    PyObject *records, *key, *prefix = Py_None;
+    if (!PyArg_ParseTuple(args, "O!U|O", &PyList_Type, &records, &key, &prefix))
+        return NULL;
+    if (prefix != Py_None && !PyUnicode_Check(prefix)) {
+        PyErr_SetString(PyExc_TypeError, "prefix must be str or None");
+        return NULL;
+    }
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(records); i++) {
+        PyObject *rec = PyList_GET_ITEM(records, i);
+        if (!PyDict_Check(rec))
+            continue;
+        PyObject *v = PyDict_GetItemWithError(rec, key);
+        if (v == NULL) {
+            if (PyErr_Occurred())
+                goto fail;
+            continue;
+        }
+        if (prefix != Py_None) {
+            if (!PyUnicode_Check(v))
+                continue;
+            Py_ssize_t r = PyUnicode_Tailmatch(v, prefix, 0, PY_SSIZE_T_MAX, -1);
+            if (r < 0)
+                goto fail;
+            if (r == 0)
+                continue;
+        }
+        if (PyList_Append(out, rec) < 0)
+            goto fail;
+    }
+    return out;
+fail:
+    Py_DECREF(out);
     return NULL;
 }
 
@@ -819,6 +970,8 @@ fail:
 
 static PyMethodDef methods[] = {
     {"cri_records", cri_records, METH_VARARGS, "CRI lines -> (records, indices of P lines) or None"},
+    {"cri_chunk", cri_chunk, METH_VARARGS, "CRI bytes (complete lines) -> (records, indices of P lines) or None"},
+    {"with_key", with_key, METH_VARARGS, "the records that hold a key (whose str value starts with a prefix)"},
     {"es_items", es_items, METH_VARARGS, "CRI records -> Elasticsearch bulk items or None"},
     {"loki_entries", loki_entries, METH_VARARGS, "Loki items of one stream -> its encoded entries or None"},
     {"sls_logs", sls_logs, METH_VARARGS, "CRI records -> encoded SLS Log messages or None"},

@@ -22,14 +22,15 @@ from hypothesis import strategies as st
 
 from logagent import speedups
 from logagent.config import Section
+from logagent.inputs.file.reader import LineSplitter
 from logagent.outputs import loki, sls
 from logagent.outputs.elasticsearch import BulkCodec, ElasticsearchOutput
 from logagent.outputs.proto.logproto_pb2 import PushRequest
 from logagent.parsers.cri import CriJoiner
 from logagent.record import Batch
 
-pytestmark = pytest.mark.skipif(None in (speedups.cri_records, speedups.es_items, speedups.loki_entries,
-                                        speedups.sls_logs),
+pytestmark = pytest.mark.skipif(None in (speedups.cri_records, speedups.cri_chunk, speedups.with_key,
+                                        speedups.es_items, speedups.loki_entries, speedups.sls_logs),
                                 reason="the native accelerator is not built (pip install -e . builds it)")
 
 _GOOD_STAMPS = ["2024-05-14T09:12:03.123456789Z", "2024-05-14T09:12:03.5Z", "2024-05-14T09:12:03Z",
@@ -120,6 +121,74 @@ def test_cri_native_path_takes_the_common_batch() -> None:
     assert records[2]["fragments"] == 2 and records[2]["time_ns"] == 1715677923200000000
     # a numeric zone: declined, the Python path answers
     assert speedups.cri_records(["2024-05-14T09:12:03+02:00 stdout F x"], [0], ("stdout", "stderr")) is None
+
+
+_ODD_BYTES = [b"\xff", b"\xc3", b"\xe2\x82", b"\x00", b"\r", b"\xf0\x9f\x98\x80", b"\xed\xa0\x80"]
+
+
+@st.composite
+def cri_file(draw: st.DrawFn) -> bytes:
+    """A CRI file's bytes: mostly good lines, some odd ones, now and then a byte that is not valid UTF-8 (alone or
+    a character cut in two) or a line longer than the splitter's limit."""
+    out = []
+    for _ in range(draw(st.integers(0, 30))):
+        line = (draw(good_cri_lines()) if draw(st.integers(0, 3)) else draw(cri_lines())).encode("utf-8",
+                                                                                                "surrogatepass")
+        if draw(st.integers(0, 9)) == 0:
+            at = draw(st.integers(0, len(line)))
+            line = line[:at] + draw(st.sampled_from(_ODD_BYTES)) + line[at:]
+        if draw(st.integers(0, 14)) == 0:
+            line += b"x" * draw(st.integers(60, 300))
+        out.append(line)
+    return b"\n".join(out) + (b"\n" if draw(st.booleans()) else b"")
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cri_file(), st.lists(st.integers(1, 400), min_size=1, max_size=8), st.integers(8, 400),
+       st.integers(80, 200))
+def test_cri_chunk_and_lines_paths_agree(data: bytes, reads: list[int], max_bytes: int, max_line: int) -> None:
+    """`cri_chunk` from the bytes read (through `LineSplitter.feed_records`) gives the records that the splitter's
+    lines and the Python joiner give, read by read, whatever the bytes: invalid UTF-8, over-long lines, reads cut
+    anywhere (inside a character too)."""
+    native = CriJoiner(max_record_bytes=max_bytes, clock=lambda: 0.0, native=True)
+    python = CriJoiner(max_record_bytes=max_bytes, clock=lambda: 0.0, native=False)
+    fast, slow = LineSplitter(max_line), LineSplitter(max_line)
+    pos = 0
+    i = 0
+    while pos < len(data):
+        piece = data[pos:pos + reads[i % len(reads)]]
+        pos += len(piece)
+        i += 1
+        got = fast.feed_records(piece, pos, 0.0, native.feed_chunk, native.feed)
+        assert got == python.feed(*slow.feed(piece, pos, 0.0))
+        assert (fast.pending, fast.pending_start, fast.skipping) == (slow.pending, slow.pending_start, slow.skipping)
+    assert native.feed(*fast.take_partial()) == python.feed(*slow.take_partial())
+    assert native.flush(1.0, force=True) == python.flush(1.0, force=True)
+
+
+def test_cri_chunk_takes_the_common_chunk() -> None:
+    """Not vacuous: `cri_chunk` answers for good lines, and declines (None) a chunk with invalid UTF-8 in a
+    message or a line over the limit, so that the lines path flags it."""
+    assert speedups.cri_chunk is not None
+    good = b"2024-05-14T09:12:03.5Z stdout F \xc3\xa9 ok\n2024-05-14T09:12:04Z stderr P piece\n"
+    got = speedups.cri_chunk(good, len(good) - 1, 1000, 100, ("stdout", "stderr"))
+    assert got is not None
+    records, pieces = got
+    assert [(r["message"], r["offset"], r["stream"]) for r in records] == [("é ok", 1000, "stdout"),
+                                                                           ("piece", 1038, "stderr")]
+    assert pieces == [1]
+    bad = b"2024-05-14T09:12:03Z stdout F ok\n2024-05-14T09:12:03Z stdout F \xff\n"
+    assert speedups.cri_chunk(bad, len(bad) - 1, 0, 100, ("stdout", "stderr")) is None
+    assert speedups.cri_chunk(good, len(good) - 1, 0, 20, ("stdout", "stderr")) is None
+
+
+def test_with_key_finds_the_records_a_stage_must_see() -> None:
+    assert speedups.with_key is not None
+    records: list[Any] = [{"message": '{"logagent.sidecar":1}'}, {"message": "plain"}, {"message": b"{"},
+                          {"flags": ["truncated"]}, "not a dict", {"message": '{"logagent.sidecar":'}]
+    assert speedups.with_key(records, "message", '{"logagent.sidecar":') == [records[0], records[5]]
+    assert speedups.with_key(records, "flags", None) == [records[3]]
+    assert speedups.with_key([], "flags", None) == []
 
 
 def _codec(native: bool, settings: dict[str, Any]) -> BulkCodec:

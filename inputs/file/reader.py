@@ -3,7 +3,8 @@
 `LineSplitter` takes chunks as they are read (large reads, ~1 MiB) and returns the complete lines in them with
 the file offset where each starts. Everything per chunk is a C-level call: one `rfind`, one `decode`, one
 `split`, `accumulate` over the lengths. Per-line Python work happens only on the rare paths: invalid UTF-8 and
-over-long lines.
+over-long lines. `feed_records` lets a format that can (CRI, with the native accelerator) make its records straight
+from the chunk's bytes; it hands the chunk back to the lines path whenever it is unsure.
 
 It holds at most one incomplete line (bounded by `max_line_bytes`): a longer line is cut, the first
 `max_line_bytes` are returned flagged `truncated`, and the rest is skipped up to its newline, across reads,
@@ -13,10 +14,15 @@ flagged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import accumulate
 from typing import Any
 
 Lines = tuple[list[str], list[int], dict[int, list[str]] | None]
+Record = dict[str, Any]
+# (buffer, index of the last newline, file offset of the buffer, max_line) -> records, or None: not this chunk
+ChunkParser = Callable[[bytes, int, int, int], list[Record] | None]
+_Cut = tuple[str, int, list[str]]  # an over-long line's first max_line bytes: (text, offset, flags)
 _EMPTY: Lines = ([], [], None)
 _PLUS_ONE = (1).__add__
 
@@ -34,6 +40,17 @@ def _decode_cut(raw: bytes, limit: int) -> tuple[str, bool]:
         return part.decode("utf-8"), True
     except UnicodeDecodeError:
         return part.decode("utf-8", errors="replace"), False
+
+
+def _append_cut(lines: list[str], offsets: list[int], flags: dict[int, list[str]] | None,
+                cut: _Cut) -> dict[int, list[str]]:
+    text, offset, cut_flags = cut
+    if flags is None:
+        flags = {}
+    flags[len(lines)] = cut_flags
+    lines.append(text)
+    offsets.append(offset)
+    return flags
 
 
 class LineSplitter:
@@ -58,12 +75,42 @@ class LineSplitter:
 
     def feed(self, data: bytes, end: int, now: float) -> Lines:
         """`data` was read from the file and ends at offset `end`."""
+        framed = self._frame(data, end, now)
+        if framed is None:
+            return _EMPTY
+        buf, last, base, cut = framed
+        lines, offsets, flags = self._split(buf[:last], base) if last >= 0 else ([], [], None)
+        if cut is not None:
+            flags = _append_cut(lines, offsets, flags, cut)
+        return lines, offsets, flags
+
+    def feed_records(self, data: bytes, end: int, now: float, chunk: ChunkParser,
+                     join: Callable[[list[str], list[int], dict[int, list[str]] | None], list[Record]]) -> list[Record]:
+        """`feed`, then `join` the lines into records; the complete lines of a chunk go to `chunk` first, which
+        makes the records straight from the bytes (no list of lines in between), or answers None for `join`."""
+        framed = self._frame(data, end, now)
+        if framed is None:
+            return []
+        buf, last, base, cut = framed
+        records: list[Record] = []
+        if last >= 0:
+            got = chunk(buf, last, base, self.max_line)
+            records = got if got is not None else join(*self._split(buf[:last], base))
+        if cut is not None:
+            lines: list[str] = []
+            offsets: list[int] = []
+            records = records + join(lines, offsets, _append_cut(lines, offsets, None, cut))
+        return records
+
+    def _frame(self, data: bytes, end: int, now: float) -> tuple[bytes, int, int, _Cut | None] | None:
+        """The buffer of complete lines: (buffer, index of its last newline or -1, its file offset, the held line
+        cut at `max_line` if it grew too long); None when the chunk only continued a skipped line."""
         start = end - len(data)
         if self.skipping:
             nl = data.find(b"\n")
             if nl < 0:
                 self.pending_start = end
-                return _EMPTY
+                return None
             data = data[nl + 1:]
             start += nl + 1
             self.skipping = False
@@ -77,22 +124,15 @@ class LineSplitter:
             base = start
         last = buf.rfind(b"\n")
         if last < 0:
-            lines: list[str] = []
-            offsets: list[int] = []
-            flags: dict[int, list[str]] | None = None
             tail = buf
             tail_start = base
         else:
-            lines, offsets, flags = self._split(buf[:last], base)
             tail = buf[last + 1:]
             tail_start = base + last + 1
+        cut: _Cut | None = None
         if len(tail) > self.max_line:
             text, valid = _decode_cut(tail, self.max_line)
-            if flags is None:
-                flags = {}
-            flags[len(lines)] = ["truncated"] if valid else ["truncated", "invalid_utf8"]
-            lines.append(text)
-            offsets.append(tail_start)
+            cut = (text, tail_start, ["truncated"] if valid else ["truncated", "invalid_utf8"])
             self.pending = b""
             self.skipping = True
             self.pending_start = end
@@ -101,7 +141,7 @@ class LineSplitter:
                 self.pending_since = now
             self.pending = tail
             self.pending_start = tail_start
-        return lines, offsets, flags
+        return buf, last, base, cut
 
     def take_partial(self) -> Lines:
         """The held incomplete line, returned as a line (its flush timeout passed, or the file is finished)."""

@@ -21,7 +21,7 @@ import os
 import time
 from typing import Any
 
-from logagent import metrics
+from logagent import metrics, speedups
 from logagent.checkpoint import PositionTracker
 from logagent.component import Emit
 from logagent.config import Limits
@@ -169,7 +169,8 @@ class Reader:
     def _finish_flagged(self, records: list[dict[str, Any]]) -> int:
         """The rare records with flags: text kept undecoded until complete is decoded (`settle_utf8`), and each
         flag is counted. Returns how many records carry flags (`Batch.flagged`)."""
-        flagged = [r for r in records if "flags" in r]
+        with_key = speedups.with_key
+        flagged = with_key(records, "flags", None) if with_key is not None else [r for r in records if "flags" in r]
         if not flagged:
             return 0
         settle_utf8(flagged)

@@ -89,9 +89,13 @@ class Tail:
             self.fp = fingerprint_of(head if head is not None else read_head(self.fd, self.fingerprint_bytes))
         if self.source_id is None:
             self.fix_source_id(final=False)
-        lines, offsets, flags = self.splitter.feed(data, self.read_offset, now)
-        if lines:
-            self._add(self.joiner.feed(lines, offsets, flags))
+        chunk = getattr(self.joiner, "feed_chunk", None)
+        if chunk is not None:
+            self._add(self.splitter.feed_records(data, self.read_offset, now, chunk, self.joiner.feed))
+        else:
+            lines, offsets, flags = self.splitter.feed(data, self.read_offset, now)
+            if lines:
+                self._add(self.joiner.feed(lines, offsets, flags))
         self.pending_bytes += len(data)
         return len(data)
 

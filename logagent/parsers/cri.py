@@ -91,6 +91,15 @@ class CriJoiner:
         self.partials = PartialLines(max_record_bytes, clock)
         self.partial_flush = partial_flush
         self._native = speedups.cri_records if native else None
+        self._chunk = speedups.cri_chunk if native else None
+
+    def feed_chunk(self, buf: bytes, stop: int, base: int, max_line: int) -> list[Record] | None:
+        """The complete lines of buf[:stop] (starting at file offset `base`) straight from the bytes (the
+        accelerator's `cri_chunk`); None: the lines path (`feed`) takes them (any line it is unsure of)."""
+        if self._chunk is None:
+            return None
+        got = self._chunk(buf, stop, base, max_line, STREAMS)
+        return None if got is None else self._join_pieces(*got)
 
     def feed(self, lines: list[str], offsets: list[int], flags: dict[int, list[str]] | None = None) -> list[Record]:
         if self._native is not None and not flags and lines:
