@@ -36,6 +36,9 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 static PyObject *k_message, *k_offset, *k_time, *k_time_ns, *k_stream, *k_fragments, *k_lines, *one;
 
@@ -379,6 +382,14 @@ static PyObject *with_key(PyObject *self, PyObject *args) {
         if (prefix != Py_None) {
             if (!PyUnicode_Check(v))
                 continue;
+            if (PyUnicode_KIND(v) == PyUnicode_1BYTE_KIND && PyUnicode_KIND(prefix) == PyUnicode_1BYTE_KIND) {
+                Py_ssize_t pn = PyUnicode_GET_LENGTH(prefix); /* the common case compared in place */
+                if (PyUnicode_GET_LENGTH(v) < pn || memcmp(PyUnicode_DATA(v), PyUnicode_DATA(prefix), (size_t)pn))
+                    continue;
+                if (PyList_Append(out, rec) < 0)
+                    goto fail;
+                continue;
+            }
             Py_ssize_t r = PyUnicode_Tailmatch(v, prefix, 0, PY_SSIZE_T_MAX, -1);
             if (r < 0)
                 goto fail;
@@ -430,6 +441,7 @@ static int put(const char *s, Py_ssize_t n) {
 
 static const char HEX[] = "0123456789abcdef";
 
+#ifndef __SSE2__
 #define ONES 0x0101010101010101ULL
 #define HIGHS 0x8080808080808080ULL
 
@@ -442,6 +454,7 @@ static inline int needs_escape8(uint64_t x) {
     b = (b - ONES) & ~b & HIGHS;
     return (lt | q | b) != 0;
 }
+#endif
 
 /* A str as a JSON string, escaped as orjson escapes: `"` `\` and control characters (\b \t \n \f \r short, the
    rest \u00xx), everything else as UTF-8. Returns 1 (declined) on a lone surrogate, -1 on error, 0 on success. */
@@ -459,6 +472,29 @@ static int put_json_str(PyObject *s) {
         Py_ssize_t i = 0;
         while (i < n) {
             Py_ssize_t j = i;
+#ifdef __SSE2__
+            /* sixteen bytes at a time up to one that needs an escape (ASCII: a signed compare with 0x20 finds
+               exactly the control bytes) */
+            const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), space = _mm_set1_epi8(0x20);
+            while (j + 16 <= n) {
+                __m128i v = _mm_loadu_si128((const __m128i *)(d + j));
+                int mask = _mm_movemask_epi8(_mm_or_si128(
+                    _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)), _mm_cmplt_epi8(v, space)));
+                if (mask) {
+                    j += __builtin_ctz((unsigned)mask);
+                    break;
+                }
+                j += 16;
+            }
+            if (j < n && n >= 16 && j + 16 > n) {
+                /* the last bytes (fewer than 16): the string's last sixteen, those before j shifted out */
+                __m128i v = _mm_loadu_si128((const __m128i *)(d + n - 16));
+                unsigned mask = (unsigned)_mm_movemask_epi8(_mm_or_si128(
+                    _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)), _mm_cmplt_epi8(v, space)));
+                mask >>= (unsigned)(j - (n - 16));
+                j = mask ? j + __builtin_ctz(mask) : n;
+            }
+#else
             while (j + 8 <= n) { /* eight bytes at a time (SWAR) up to one that needs an escape */
                 uint64_t x;
                 memcpy(&x, d + j, 8);
@@ -466,6 +502,7 @@ static int put_json_str(PyObject *s) {
                     break;
                 j += 8;
             }
+#endif
             while (j < n && d[j] >= 0x20 && d[j] != '"' && d[j] != '\\')
                 j++;
             memcpy(o, d + i, (size_t)(j - i));
@@ -554,34 +591,14 @@ static int put_json_str(PyObject *s) {
 static int put_bytes(PyObject *b) { return put(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)); }
 
 /* The values of a CRI record's seven keys (message, offset, time, time_ns, stream, fragments, lines), borrowed.
-   Keys are matched by identity first (the parser's keys are the interned constants), else looked up. 1: found,
-   0: not a dict of exactly these keys, -1: an error (set). */
+   1: found, 0: not a dict of exactly these keys, -1: an error (set). Seven lookups of the interned keys (their
+   hashes are cached) cost less than walking the dict with PyDict_Next. */
 enum { F_MESSAGE, F_OFFSET, F_TIME, F_TIME_NS, F_STREAM, F_FRAGMENTS, F_LINES, F_COUNT };
 
 static int cri_fields(PyObject *rec, PyObject **vals) {
     if (!PyDict_CheckExact(rec) || PyDict_GET_SIZE(rec) != F_COUNT)
         return 0;
     PyObject *keys[F_COUNT] = {k_message, k_offset, k_time, k_time_ns, k_stream, k_fragments, k_lines};
-    for (int i = 0; i < F_COUNT; i++)
-        vals[i] = NULL;
-    Py_ssize_t pos = 0;
-    PyObject *k, *v;
-    int fast = 1;
-    while (fast && PyDict_Next(rec, &pos, &k, &v)) {
-        int idx = -1;
-        for (int i = 0; i < F_COUNT; i++) {
-            if (k == keys[i]) {
-                idx = i;
-                break;
-            }
-        }
-        if (idx < 0 || vals[idx] != NULL)
-            fast = 0;
-        else
-            vals[idx] = v;
-    }
-    if (fast)
-        return 1; /* seven distinct keys, each one of ours */
     for (int i = 0; i < F_COUNT; i++) {
         vals[i] = PyDict_GetItemWithError(rec, keys[i]);
         if (vals[i] == NULL)

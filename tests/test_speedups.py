@@ -185,8 +185,10 @@ def test_cri_chunk_takes_the_common_chunk() -> None:
 def test_with_key_finds_the_records_a_stage_must_see() -> None:
     assert speedups.with_key is not None
     records: list[Any] = [{"message": '{"logagent.sidecar":1}'}, {"message": "plain"}, {"message": b"{"},
-                          {"flags": ["truncated"]}, "not a dict", {"message": '{"logagent.sidecar":'}]
-    assert speedups.with_key(records, "message", '{"logagent.sidecar":') == [records[0], records[5]]
+                          {"flags": ["truncated"]}, "not a dict", {"message": '{"logagent.sidecar":'},
+                          {"message": '{"logagent.sidecar":"€"}'}, {"message": '{"logagent.€'}, {"message": "é"}]
+    assert speedups.with_key(records, "message", '{"logagent.sidecar":') == [records[0], records[5], records[6]]
+    assert speedups.with_key(records, "message", "é") == [records[8]]
     assert speedups.with_key(records, "flags", None) == [records[3]]
     assert speedups.with_key([], "flags", None) == []
 
