@@ -343,3 +343,52 @@ def test_sls_native_path_takes_the_common_batch() -> None:
     native = _sls(True, {})
     assert native._native is not None and native._native(records, b"", native._stream_pairs) is not None
     assert native.parts(Batch("kube", records, meta)) == _sls(False, {}).parts(Batch("kube", records, meta))
+
+
+def _loki(whole_batches: bool, settings: dict[str, Any]) -> loki.LokiPush:
+    section = Section({"url": "http://127.0.0.1:3100", **settings}, "outputs[0]", "test.yaml")
+    return loki.LokiPush("out", loki.LokiOutput.parse_settings(section), whole_batches=whole_batches)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.lists(sls_records(False), min_size=1, max_size=10),
+                 st.lists(sls_records(True), min_size=1, max_size=10)),
+       st.sampled_from([{}, {"line": "json"}, {"max_line_size": 64}, {"labels": {"stream": "{stream}"}},
+                        {"encoding": "json", "compression": "gzip"}]))
+def test_loki_whole_batch_and_record_paths_agree(records: list[dict[str, Any]], settings: dict[str, Any]) -> None:
+    """The whole-batch path of `LokiPush.parts` (labels, metadata and tenant from the batch; no bytecode per
+    record) gives the items and sizes of the record-by-record path, and the same push body."""
+    meta = {"kubernetes": {"namespace": "shop", "pod": "web-0", "container": "main", "pod_uid": "u-1"},
+            "path": "/var/log/containers/web-0_shop_main-1.log", "input": "containers"}
+    fast, slow = _loki(True, settings), _loki(False, settings)
+
+    def outcome(codec: loki.LokiPush) -> tuple[str, Any]:
+        try:
+            parts = codec.parts(Batch("kube", [dict(r) for r in records], meta))
+            return "ok", [(key, items, size, codec.encode(key, list(items)).body) for key, items, size in parts]
+        except Exception as e:  # both paths must fail alike (a lone surrogate, an int orjson refuses)
+            return "error", type(e).__name__
+
+    assert outcome(fast) == outcome(slow)
+
+
+def test_loki_whole_batch_path_takes_the_common_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not vacuous: a batch of plain CRI records from a file input takes the whole-batch path."""
+    taken: list[Any] = []
+    whole = loki._batch_items
+    monkeypatch.setattr(loki, "_batch_items", lambda *a: taken.append(whole(*a)) or taken[-1])
+    meta = {"kubernetes": {"namespace": "shop", "pod": "web-0", "container": "main", "pod_uid": "u-1"},
+            "path": "/var/log/containers/web-0_shop_main-1.log", "input": "containers"}
+    plain = [{"message": "m", "offset": 0, "time": "2024-05-14T09:12:03Z", "time_ns": 1, "stream": "stdout",
+              "fragments": 1, "lines": 1}]
+    assert _loki(True, {}).parts(Batch("kube", plain, meta)) == _loki(False, {}).parts(Batch("kube", plain, meta))
+    assert len(taken) == 1 and taken[0] is not None
+    records = [{"message": f"line {i}", "offset": i, "time": "2024-05-14T09:12:03Z", "time_ns": 1_715_677_923 + i,
+                "stream": "stdout", "fragments": 1, "lines": 1} for i in range(3)]
+    got = loki._batch_items(records, ('{app="web"}', ()), (("pod_uid", "u-1"),), "", 100)
+    assert got is not None
+    [(tenant, items, size)] = got
+    assert tenant == "" and [it[2] for it in items] == ["line 0", "line 1", "line 2"]
+    assert size == sum(len(f"line {i}") for i in range(3)) + 3 * (len('{app="web"}') + 24)
+    records[1]["flags"] = ["truncated"]
+    assert loki._batch_items(records, ('{app="web"}', ()), (), "", 100) is None
