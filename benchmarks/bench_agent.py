@@ -223,13 +223,14 @@ def output_config(kind: str, url: str, work: Path) -> dict[str, Any]:
     return {"type": "file", "name": "out", "path": str(work / "out.jsonl")}
 
 
-def write_config(work: Path, out: dict[str, Any], port: int, limits: dict[str, Any] | None = None) -> Path:
+def write_config(work: Path, out: dict[str, Any], port: int, limits: dict[str, Any] | None = None,
+                 inp: dict[str, Any] | None = None) -> Path:
     cfg: dict[str, Any] = {
         "state_dir": str(work / "state"),
         "log_level": "warning",
         "http": {"address": f"127.0.0.1:{port}"},
         "inputs": [{"type": "file", "name": "containers", "paths": [str(work / "var/log/containers/*.log")],
-                    "format": "cri", "tag": "kube"}],
+                    "format": "cri", "tag": "kube", **(inp or {})}],
         "pipeline": [{"type": "kubernetes", "match": ["kube"], "api": False, "root": str(work)}],
         "outputs": [{**out, "match": ["*"]}],
     }
@@ -314,7 +315,7 @@ def throughput_run(kind: str, args: argparse.Namespace, work: Path, log: Path, l
     counter: Any = sink if sink is not None else FileCount(work / "out.jsonl")
     port = free_port()
     out = {**output_config(kind, sink.url if sink else "", work), **args.output_settings}
-    cfg = write_config(work, out, port, args.limits)
+    cfg = write_config(work, out, port, args.limits, args.input_settings)
     agent = Agent(work, cfg, port)
     spy = None
     try:
@@ -384,7 +385,8 @@ def steady_run(args: argparse.Namespace, work: Path, log: Path, link: Path) -> d
     pool = [m for m in _message_pool(random.Random(2), 2048, False) if m.isascii()]
     sink = Sink("es", work)
     port = free_port()
-    cfg = write_config(work, {**output_config("es", sink.url, work), **args.output_settings}, port, args.limits)
+    cfg = write_config(work, {**output_config("es", sink.url, work), **args.output_settings}, port, args.limits,
+                       args.input_settings)
     agent = Agent(work, cfg, port)
     # beside the throughput file, under the pods directory: a link out of the input's root is refused
     target = log.with_name("1.log")
@@ -467,6 +469,8 @@ def main() -> int:
                     help="an output setting for every output, e.g. fields=all or buffer_max_bytes=16MiB (repeatable)")
     ap.add_argument("--limit", action="append", default=[], metavar="KEY=YAML",
                     help="a `limits:` setting of the agent, e.g. queue_bytes=1MiB (repeatable)")
+    ap.add_argument("--input", action="append", default=[], metavar="KEY=YAML",
+                    help="a setting of the file input, e.g. read_buffer=256KiB (repeatable)")
     ap.add_argument("--sink", help=argparse.SUPPRESS)
     ap.add_argument("--port-file", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -477,6 +481,7 @@ def main() -> int:
 
     args.output_settings = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.set)}
     args.limits = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.limit)}
+    args.input_settings = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.input)}
     args.lines = args.lines or (300_000 if args.quick else 2_000_000)
     args.steady = args.steady if args.steady is not None else (15.0 if args.quick else 60.0)
     args.idle = args.idle if args.idle is not None else (2.0 if args.quick else 5.0)

@@ -118,6 +118,10 @@ class Output(Component[_S]):
     async def flush(self) -> None:
         """Ship what is buffered and wait for it (used at shutdown and reload)."""
 
+    def cut(self) -> None:
+        """Start shipping what is buffered now, without waiting for it: the pipeline calls this when this output's
+        unacknowledged window is full, so nothing more arrives until what it holds is confirmed."""
+
     async def stop(self) -> None:
         """Close connections. Called after `flush`."""
 

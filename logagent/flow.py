@@ -19,12 +19,19 @@ bound memory whatever the line length: short lines cost ~3.4x their bytes, 4 KiB
 
 `ByteWindow` admits waiters in order (first come, first served, so a large batch is not starved by small ones);
 a single batch larger than the whole window is admitted alone, when the window is empty.
+
+A window that makes a caller wait calls its `on_block` first. The pipeline uses it on each output's window to make
+the output ship what it holds now (`Output.cut`): an HTTP output fills a request until `batch.max_records`,
+`batch.max_bytes` or `batch.max_wait`, and a window smaller than a request would otherwise wait for `max_wait`
+with every byte of it in a request nobody sends. Cut on demand, a window of a few MiB costs no throughput, and the
+records held unacknowledged (as encoded items) are what bounds the agent's peak memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -40,11 +47,12 @@ def batch_cost(batch: Any, record_overhead: int = RECORD_OVERHEAD) -> int:
 class ByteWindow:
     """At most `max_bytes` and `max_items` held; `acquire` waits (FIFO) for room, `release` gives it back."""
 
-    def __init__(self, max_bytes: int, max_items: int) -> None:
+    def __init__(self, max_bytes: int, max_items: int, on_block: Callable[[], None] | None = None) -> None:
         self.max_bytes = max_bytes
         self.max_items = max_items
         self.bytes = 0
         self.items = 0
+        self.on_block = on_block  # called when an `acquire` has to wait (before it waits)
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
 
     def _fits(self, n: int) -> bool:
@@ -60,6 +68,8 @@ class ByteWindow:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (n, fut)
         self._waiters.append(entry)
+        if self.on_block is not None:
+            self.on_block()
         try:
             await fut
         except asyncio.CancelledError:

@@ -312,6 +312,7 @@ class Pipeline:
         ro = _RunningOutput(comp, out, asyncio.Queue(maxsize=limits.output_queue_batches),
                             ByteWindow(limits.output_max_unacked_bytes, limits.output_max_unacked_batches),
                             match=comp.match)
+        ro.unacked.on_block = lambda: _cut_when_idle(ro)
         ro.task = asyncio.create_task(
             self.supervisor.run("output", comp.name, lambda: self._run_output(ro),
                                 stopping=lambda: ro.stopping or self._stopping.is_set()),
@@ -330,6 +331,7 @@ class Pipeline:
         name = ro.comp.name
         depth = metrics.QUEUE_DEPTH.labels(queue=f"output:{name}")
         while True:
+            _cut_when_idle(ro)
             batch = await ro.queue.get()
             depth.set(ro.queue.qsize())
             if batch is _STOP:
@@ -461,6 +463,13 @@ class Pipeline:
     # -- operations and reload: `self.ops` (logagent.operations), `self.reloader` (logagent.hotreload) ------------
     def request_reload(self) -> None:
         self.reloader.request()
+
+
+def _cut_when_idle(ro: _RunningOutput) -> None:
+    """The router waits for room in the output's window and the output has taken every batch queued for it: what
+    it holds must ship now (`Output.cut`), not at its batching timeout, or the window would stall the pipeline."""
+    if ro.unacked.waiting and ro.queue.empty():
+        ro.output.cut()
 
 
 def _release(window: ByteWindow, nbytes: int, share: AckToken) -> Callable[[], None]:

@@ -177,3 +177,25 @@ async def test_200_sources_at_5000_lines_per_second_ship_every_line_within_2_sec
     assert rec.conflicts == 0 and rec.items_seen == PacedInput.written
     p50, p99, worst = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)], latencies[-1]
     assert worst < 2.0, f"p50 {p50:.2f}s p99 {p99:.2f}s max {worst:.2f}s"
+
+
+async def test_a_window_smaller_than_a_request_ships_without_waiting_for_max_wait(tmp_path) -> None:
+    """An output's window (40 one-record batches of 200 bytes) far smaller than its request (100,000 records,
+    cut by age after 120 s): when the router waits for room, the output cuts the request it is filling and sends it
+    (`Output.cut`), so all but the last window's records arrive in requests of at most 40 within seconds, not one
+    window per 120 s. The last window waits for `max_wait` as any partly filled request does; stopping ships it."""
+    rec = await BulkReceiver(keep_docs=False).start()
+    cfg = _config(tmp_path, [{"type": "sized", "name": "small", "batches": 2000, "nbytes": 200}],
+                  [{"type": "elasticsearch", "name": "es", "url": rec.url, "index": "logs",
+                    "batch": {"max_wait": "120s", "max_records": 100_000}}],
+                  limits={"queue_bytes": "4KiB", "output_max_unacked_bytes": "8KiB", "record_overhead": 0})
+    p = Pipeline(cfg)
+    await p.start()
+    try:
+        await async_wait_for(lambda: rec.items_seen >= 2000 - 40, 60, what="all but the last window shipped")
+        assert rec.requests >= (2000 - 40) // 40  # no request held more than the window
+    finally:
+        p.request_stop()
+        await p.shutdown()
+        await rec.stop()
+    assert len(rec.auto_docs) == 2000 and rec.conflicts == 0

@@ -43,7 +43,7 @@ def parse_file_settings(section: Section) -> FileSettings:
         read_from=section.str("read_from", "head", choices=("head", "tail")),
         tag=section.str("tag", None),
         max_line_bytes=_at_least(section, "max_line_bytes", section.size("max_line_bytes", 256 * 1024), 16),
-        read_buffer=_at_least(section, "read_buffer", section.size("read_buffer", 1024 * 1024), 4096),
+        read_buffer=_at_least(section, "read_buffer", section.size("read_buffer", 256 * 1024), 4096),
         poll_interval=section.duration("poll_interval", 1.0),
         partial_line_flush=section.duration("partial_line_flush", 5.0),
         rotate_wait=section.duration("rotate_wait", 5.0),

@@ -160,6 +160,14 @@ class Delivery(Generic[Item]):
                 return
             await asyncio.wait(waits)
 
+    def cut(self) -> None:
+        """Cut every partly filled request and start sending it (the pipeline's window for this output is full:
+        no more items come until these are confirmed, so waiting for `batch.max_wait` would only stall)."""
+        for lane in self._lanes.values():
+            if lane.pending is not None:
+                self._cut(lane)
+                self._kick(lane)
+
     async def stop(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()

@@ -103,6 +103,9 @@ class DeliveryOutput(Output[_Settings], Generic[_Settings, Item]):
     async def flush(self) -> None:
         await self.delivery.flush()
 
+    def cut(self) -> None:
+        self.delivery.cut()
+
     async def stop(self) -> None:
         await self.delivery.stop()
 
