@@ -193,6 +193,7 @@ async def test_a_window_smaller_than_a_request_ships_without_waiting_for_max_wai
     await p.start()
     try:
         await async_wait_for(lambda: rec.items_seen >= 2000 - 40, 60, what="all but the last window shipped")
+        await async_wait_for(lambda: SizedInput.emitted == 2000, 10, what="the input emitted every batch")
         assert rec.requests >= (2000 - 40) // 40  # no request held more than the window
     finally:
         p.request_stop()
