@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
+from typing import Any
 
 GZIP_LEVEL = 1
 _GZIP_WBITS = 31  # zlib's "gzip container" window bits
@@ -32,6 +33,22 @@ def _gzip_compressor() -> Callable[[bytes], bytes]:
         return bytes(isal_zlib.compress(data, GZIP_LEVEL, _GZIP_WBITS))
 
     return igzip
+
+
+def gzip_parts(parts: list[bytes], group: int = 512) -> bytes:
+    """gzip of `b"".join(parts)` without building the joined body: the parts are fed to one stream `group` at a
+    time, so only the compressed output is held (an Elasticsearch request of 4 MB of documents is ~0.4 MB
+    compressed). The same gzip stream as `compress("gzip", b"".join(parts))` to any decoder."""
+    try:
+        from isal import isal_zlib
+    except ImportError:  # pragma: no cover - see _gzip_compressor
+        c: Any = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS)
+    else:
+        c = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, _GZIP_WBITS)
+    join = b"".join
+    out = [c.compress(join(parts[i:i + group])) for i in range(0, len(parts), group)]
+    out.append(c.flush())
+    return join(out)
 
 
 def _zlib_gzip(data: bytes) -> bytes:

@@ -51,6 +51,7 @@ import orjson
 
 from logagent import speedups
 from logagent.component import Context
+from logagent.compression import gzip_parts
 from logagent.config import Section
 from logagent.delivery import (
     ITEMS,
@@ -66,7 +67,6 @@ from logagent.delivery import (
     Response,
     Verdict,
     check_template,
-    compress,
     parse_http_settings,
     retry_after_seconds,
 )
@@ -328,10 +328,10 @@ class BulkCodec:
 
     # -- codec ----------------------------------------------------------------------------------------------
     def encode(self, key: str, items: list[bytes]) -> Encoded:
-        body = b"".join(items)
         if self.settings.http.compression == "gzip":
-            body = compress("gzip", body)
-        return Encoded(body, self.headers, self.url)
+            # streamed: the uncompressed body (as large as the items) is never held beside them
+            return Encoded(gzip_parts(items), self.headers, self.url)
+        return Encoded(b"".join(items), self.headers, self.url)
 
     def interpret(self, key: str, items: list[bytes], encoded: Encoded, r: Response) -> Verdict:
         if r.status == 429 or r.status >= 500:
