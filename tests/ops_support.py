@@ -122,6 +122,17 @@ def write_lines(path: Path, lines: list[str]) -> int:
     return len(data)
 
 
+def thread_names(pid: int) -> list[str]:
+    """The names of a process's threads (/proc/<pid>/task/*/comm); a thread that ends meanwhile is left out."""
+    names = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            names.append(Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip())
+        except OSError:
+            pass
+    return names
+
+
 def agent_base_url(agent: Agent, timeout: float = 20.0) -> str:
     """The address the agent logged after binding (port 0 in the config: the kernel picked one)."""
     entry = wait_for(lambda: agent.logged("http server listening") or agent.proc.poll() is not None, timeout,

@@ -9,7 +9,6 @@ one output), with nothing to read yet.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 import yaml
 
 from tests.helpers import wait_for
-from tests.ops_support import Agent, agent_base_url, wait_http_up
+from tests.ops_support import Agent, agent_base_url, thread_names, wait_http_up
 
 PROBE = """
 import os, runpy, sys, threading, time
@@ -77,16 +76,6 @@ def _config(tmp_path: Path, output: dict[str, Any]) -> Path:
     return config
 
 
-def _threads(pid: int) -> list[str]:
-    names = []
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            names.append(Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip())
-        except OSError:
-            pass
-    return names
-
-
 @pytest.mark.parametrize("kind", sorted(OUTPUTS))
 def test_an_idle_agent_loads_only_what_its_config_uses(tmp_path: Path, kind: str) -> None:
     trigger, out = tmp_path / "probe.trigger", tmp_path / "probe.modules"
@@ -99,7 +88,7 @@ def test_an_idle_agent_loads_only_what_its_config_uses(tmp_path: Path, kind: str
         wait_for(out.exists, 20, 0.02, "the probe to write sys.modules")
         modules = set(out.read_text().split("\n"))
         maps = Path(f"/proc/{agent.proc.pid}/maps").read_text()
-        threads = _threads(agent.proc.pid)
+        threads = thread_names(agent.proc.pid)
     finally:
         assert agent.stop() == 0, agent.stderr_path.read_text()
     assert "logagent.pipeline" in modules and f"logagent.outputs.{kind}" in modules  # the probe saw the agent

@@ -11,17 +11,7 @@ import pytest
 import yaml
 
 from tests.helpers import wait_for
-from tests.ops_support import Agent, agent_base_url, wait_http_up
-
-
-def _threads(pid: int) -> list[str]:
-    names = []
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            names.append(Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip())
-        except OSError:
-            pass
-    return names
+from tests.ops_support import Agent, agent_base_url, thread_names, wait_http_up
 
 
 def _config(tmp_path: Path) -> Path:
@@ -47,8 +37,8 @@ def test_the_trim_thread_runs_unless_turned_off(tmp_path: Path, env: dict[str, s
     try:
         wait_http_up(agent_base_url(agent))
         if expected:
-            wait_for(lambda: "malloc-trim" in _threads(agent.proc.pid), 10, 0.05, "the malloc-trim thread")
+            wait_for(lambda: "malloc-trim" in thread_names(agent.proc.pid), 10, 0.05, "the malloc-trim thread")
         else:
-            assert "malloc-trim" not in _threads(agent.proc.pid)
+            assert "malloc-trim" not in thread_names(agent.proc.pid)
     finally:
         assert agent.stop() == 0
