@@ -71,8 +71,9 @@ SLS_ENDPOINT = "cn-bench.log.aliyuncs.com"
 # -- the receiver (child process) ---------------------------------------------------------------------------------
 
 
-def run_sink(kind: str, port_file: str) -> None:
-    """A counting receiver that decodes the wire format and answers like the service on success."""
+def run_sink(kind: str, port_file: str, latency: float = 0.0) -> None:
+    """A counting receiver that decodes the wire format and answers like the service on success, `latency`
+    seconds after it has read a request (a backend's round trip: `--latency`)."""
     import asyncio
     import zlib
 
@@ -87,6 +88,8 @@ def run_sink(kind: str, port_file: str) -> None:
 
     async def bulk(request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        if latency:
+            await asyncio.sleep(latency)
         stats["bytes"] += len(body)
         stats["requests"] += 1
         if request.headers.get("Content-Encoding") == "gzip":
@@ -104,6 +107,8 @@ def run_sink(kind: str, port_file: str) -> None:
 
     async def push(request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        if latency:
+            await asyncio.sleep(latency)
         stats["bytes"] += len(body)
         stats["requests"] += 1
         raw = bytes(cramjam.snappy.decompress_raw(body))
@@ -121,6 +126,8 @@ def run_sink(kind: str, port_file: str) -> None:
 
     async def putlogs(request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        if latency:
+            await asyncio.sleep(latency)
         stats["bytes"] += len(body)
         stats["requests"] += 1
         raw = lz4.block.decompress(body, uncompressed_size=int(request.headers["x-log-bodyrawsize"]))
@@ -159,11 +166,11 @@ def run_sink(kind: str, port_file: str) -> None:
 
 
 class Sink:
-    def __init__(self, kind: str, work: Path) -> None:
+    def __init__(self, kind: str, work: Path, latency: float = 0.0) -> None:
         port_file = work / f"sink-{kind}.port"
         port_file.unlink(missing_ok=True)
-        self.proc = subprocess.Popen([sys.executable, __file__, "--sink", kind, "--port-file", str(port_file)],
-                                     cwd=ROOT)
+        self.proc = subprocess.Popen([sys.executable, __file__, "--sink", kind, "--port-file", str(port_file),
+                                      "--latency", str(latency)], cwd=ROOT)
         deadline = time.monotonic() + 30
         while not port_file.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -311,7 +318,7 @@ def throughput_run(kind: str, args: argparse.Namespace, work: Path, log: Path, l
                    expected: int) -> dict[str, Any]:
     fresh(work, link)
     sink_kind = {"es": "es", "es-none": "es", "loki": "loki", "sls": "sls"}.get(kind)
-    sink = Sink(sink_kind, work) if sink_kind else None
+    sink = Sink(sink_kind, work, args.latency) if sink_kind else None
     counter: Any = sink if sink is not None else FileCount(work / "out.jsonl")
     port = free_port()
     out = {**output_config(kind, sink.url if sink else "", work), **args.output_settings}
@@ -350,9 +357,10 @@ def throughput_run(kind: str, args: argparse.Namespace, work: Path, log: Path, l
     ok = rc == 0 and final["records"] == expected and offset == size
     r = {"kind": kind, "lines_s": args.lines / elapsed, "cpu_gb": cpu / (size / 1e9), "cpu": cpu, "elapsed": elapsed,
          "peak_mb": mem["VmHWM"] / 1024, "idle_mb": idle / 1024, "sent_mb": final["bytes"] / 1e6, "ok": ok,
-         "doc": final.get("doc"), "records": final["records"]}
+         "doc": final.get("doc"), "records": final["records"], "requests": final.get("requests", 0)}
     print(f"  {kind:8s} {r['lines_s']:>9,.0f} lines/s {r['cpu_gb']:>6.1f} CPU-s/GB {r['peak_mb']:>6.1f} MB peak "
-          f"{r['idle_mb']:>5.1f} MB idle {r['sent_mb']:>7.1f} MB sent  ({elapsed:.1f}s, {cpu:.1f} CPU-s)"
+          f"{r['idle_mb']:>5.1f} MB idle {r['sent_mb']:>7.1f} MB sent  ({elapsed:.1f}s, {cpu:.1f} CPU-s"
+          + (f", {r['requests']:,} requests)" if sink is not None else ")")
           + ("" if ok else f"  MISMATCH: rc {rc}, {final['records']:,}/{expected:,} records, "
                            f"checkpoint {offset} of {size}"), flush=True)
     return r
@@ -471,11 +479,13 @@ def main() -> int:
                     help="a `limits:` setting of the agent, e.g. queue_bytes=1MiB (repeatable)")
     ap.add_argument("--input", action="append", default=[], metavar="KEY=YAML",
                     help="a setting of the file input, e.g. read_buffer=256KiB (repeatable)")
+    ap.add_argument("--latency", type=float, default=0.0, metavar="SECONDS",
+                    help="the HTTP receivers answer each request this long after reading it (a backend's round trip)")
     ap.add_argument("--sink", help=argparse.SUPPRESS)
     ap.add_argument("--port-file", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.sink:
-        run_sink(args.sink, args.port_file)
+        run_sink(args.sink, args.port_file, args.latency)
         return 0
     import yaml
 

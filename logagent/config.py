@@ -107,7 +107,7 @@ def parse_config(data: Any, file: str) -> AgentConfig:
         queue_bytes=limits_sec.size("queue_bytes", 2 * 1024 * 1024),
         queue_batches=limits_sec.int("queue_batches", 1024, min=1),
         output_queue_batches=limits_sec.int("output_queue_batches", 1024, min=1),
-        output_max_unacked_bytes=limits_sec.size("output_max_unacked_bytes", 4 * 1024 * 1024),
+        output_max_unacked_bytes=limits_sec.size("output_max_unacked_bytes", 8 * 1024 * 1024),
         output_max_unacked_batches=limits_sec.int("output_max_unacked_batches", 4096, min=1),
         batch_max_records=limits_sec.int("batch_max_records", 4096, min=1),
         batch_max_bytes=limits_sec.size("batch_max_bytes", 1024 * 1024),
