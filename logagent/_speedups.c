@@ -121,6 +121,21 @@ static int parse_z(const void *data, int kind, Py_ssize_t n, int64_t *ns_out) {
 /* ---------------------------------------------------------------------------------------------------------- */
 /* cri_records */
 
+/* The header of a line `<Z time> <stdout|stderr> <P|F> ` in the bytes d[0..len): its tag ('F' or 'P'), with the
+   time's length in *sp, its nanoseconds in *tns and whether the stream is stdout in *is_out; 0 when the line is in
+   another form. */
+static char cri_header(const char *d, Py_ssize_t len, Py_ssize_t *sp, int64_t *tns, int *is_out) {
+    const char *hit = memchr(d, ' ', (size_t)(len < 31 ? len : 31));
+    *sp = hit ? hit - d : -1;
+    if (*sp < 0 || len < *sp + 10 || parse_z_bytes(d, *sp, tns) != 0)
+        return 0;
+    *is_out = memcmp(d + *sp, " stdout ", 8) == 0;
+    if (!*is_out && memcmp(d + *sp, " stderr ", 8) != 0)
+        return 0;
+    char tag = d[*sp + 8];
+    return (tag == 'F' || tag == 'P') && d[*sp + 9] == ' ' ? tag : 0;
+}
+
 /* {"message", "offset", "time", "time_ns": None, "stream": stream, "fragments": 1, "lines": 1}: the keys in the
    order the Python comprehension writes them */
 static PyObject *template(PyObject *stream) {
@@ -170,16 +185,9 @@ static PyObject *cri_records(PyObject *self, PyObject *args) {
         int is_out = 0, is_err = 0;
         Py_UCS4 tag = 0;
         if (kind == PyUnicode_1BYTE_KIND) { /* (nearly every line): bytes compared in place */
-            const char *d = (const char *)data;
-            const char *hit = memchr(d, ' ', (size_t)(len < 31 ? len : 31));
-            sp = hit ? hit - d : -1;
-            if (sp >= 0 && len >= sp + 10 && parse_z_bytes(d, sp, &tns) == 0) {
-                is_out = memcmp(d + sp, " stdout ", 8) == 0;
-                is_err = !is_out && memcmp(d + sp, " stderr ", 8) == 0;
-                tag = (Py_UCS1)d[sp + 8];
-                if (d[sp + 9] != ' ')
-                    tag = 0;
-            }
+            tag = (Py_UCS1)cri_header((const char *)data, len, &sp, &tns, &is_out);
+            is_err = tag && !is_out;
+            is_out = tag && is_out;
         } else {
             for (Py_ssize_t j = 0; j < len && j <= 30; j++) {
                 if (PyUnicode_READ(kind, data, j) == ' ') {
@@ -263,16 +271,11 @@ fail:
    UTF-8), the caller declines. */
 static PyObject *cri_line_record(const char *d, Py_ssize_t len, long long offset, PyObject *t_out, PyObject *t_err,
                                  int *is_piece) {
-    const char *hit = memchr(d, ' ', (size_t)(len < 31 ? len : 31));
-    Py_ssize_t sp = hit ? hit - d : -1;
+    Py_ssize_t sp;
     int64_t tns;
-    if (sp < 0 || len < sp + 10 || parse_z_bytes(d, sp, &tns) != 0)
-        return NULL;
-    int is_out = memcmp(d + sp, " stdout ", 8) == 0;
-    if (!is_out && memcmp(d + sp, " stderr ", 8) != 0)
-        return NULL;
-    char tag = d[sp + 8];
-    if ((tag != 'F' && tag != 'P') || d[sp + 9] != ' ')
+    int is_out = 0;
+    char tag = cri_header(d, len, &sp, &tns, &is_out);
+    if (!tag)
         return NULL;
     PyObject *msg = PyUnicode_DecodeUTF8(d + sp + 10, len - sp - 10, NULL);
     if (msg == NULL) {
@@ -456,6 +459,23 @@ static inline int needs_escape8(uint64_t x) {
 }
 #endif
 
+/* The JSON escape of `"`, `\` or a control character c at o, as orjson writes it; returns the end. */
+static inline char *put_escape(char *o, Py_UCS4 c) {
+    *o++ = '\\';
+    switch (c) {
+    case '"': *o++ = '"'; break;
+    case '\\': *o++ = '\\'; break;
+    case '\b': *o++ = 'b'; break;
+    case '\t': *o++ = 't'; break;
+    case '\n': *o++ = 'n'; break;
+    case '\f': *o++ = 'f'; break;
+    case '\r': *o++ = 'r'; break;
+    default:
+        *o++ = 'u'; *o++ = '0'; *o++ = '0'; *o++ = HEX[c >> 4]; *o++ = HEX[c & 15];
+    }
+    return o;
+}
+
 /* A str as a JSON string, escaped as orjson escapes: `"` `\` and control characters (\b \t \n \f \r short, the
    rest \u00xx), everything else as UTF-8. Returns 1 (declined) on a lone surrogate, -1 on error, 0 on success. */
 static int put_json_str(PyObject *s) {
@@ -510,18 +530,7 @@ static int put_json_str(PyObject *s) {
             if (j == n)
                 break;
             Py_UCS1 c = d[j];
-            *o++ = '\\';
-            switch (c) {
-            case '"': *o++ = '"'; break;
-            case '\\': *o++ = '\\'; break;
-            case '\b': *o++ = 'b'; break;
-            case '\t': *o++ = 't'; break;
-            case '\n': *o++ = 'n'; break;
-            case '\f': *o++ = 'f'; break;
-            case '\r': *o++ = 'r'; break;
-            default:
-                *o++ = 'u'; *o++ = '0'; *o++ = '0'; *o++ = HEX[c >> 4]; *o++ = HEX[c & 15];
-            }
+            o = put_escape(o, c);
             i = j + 1;
         }
     } else if (kind == PyUnicode_1BYTE_KIND) {
@@ -534,18 +543,7 @@ static int put_json_str(PyObject *s) {
                 *o++ = (char)(0xC0 | (c >> 6));
                 *o++ = (char)(0x80 | (c & 0x3F));
             } else {
-                *o++ = '\\';
-                switch (c) {
-                case '"': *o++ = '"'; break;
-                case '\\': *o++ = '\\'; break;
-                case '\b': *o++ = 'b'; break;
-                case '\t': *o++ = 't'; break;
-                case '\n': *o++ = 'n'; break;
-                case '\f': *o++ = 'f'; break;
-                case '\r': *o++ = 'r'; break;
-                default:
-                    *o++ = 'u'; *o++ = '0'; *o++ = '0'; *o++ = HEX[c >> 4]; *o++ = HEX[c & 15];
-                }
+                o = put_escape(o, c);
             }
         }
     } else {
@@ -554,18 +552,7 @@ static int put_json_str(PyObject *s) {
             if (c >= 0x20 && c != '"' && c != '\\' && c < 0x80) {
                 *o++ = (char)c;
             } else if (c < 0x20 || c == '"' || c == '\\') {
-                *o++ = '\\';
-                switch (c) {
-                case '"': *o++ = '"'; break;
-                case '\\': *o++ = '\\'; break;
-                case '\b': *o++ = 'b'; break;
-                case '\t': *o++ = 't'; break;
-                case '\n': *o++ = 'n'; break;
-                case '\f': *o++ = 'f'; break;
-                case '\r': *o++ = 'r'; break;
-                default:
-                    *o++ = 'u'; *o++ = '0'; *o++ = '0'; *o++ = HEX[c >> 4]; *o++ = HEX[c & 15];
-                }
+                o = put_escape(o, c);
             } else if (c < 0x800) {
                 *o++ = (char)(0xC0 | (c >> 6));
                 *o++ = (char)(0x80 | (c & 0x3F));
