@@ -6,5 +6,5 @@ pure-Python paths (the reference the accelerator is tested against, tests/test_s
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("logagent._speedups", ["logagent/_speedups.c"], optional=True,
-                             extra_compile_args=["-O2"])])
+setup(ext_modules=[Extension("logagent._speedups", ["logagent/_speedups.c"], depends=["logagent/_criblock.h"],
+                             optional=True, extra_compile_args=["-O2"])])

@@ -42,6 +42,11 @@
 
 static PyObject *k_message, *k_offset, *k_time, *k_time_ns, *k_stream, *k_fragments, *k_lines, *one;
 
+struct CriBlock; /* _criblock.h */
+typedef struct CriBlock CriBlock;
+static PyTypeObject CriBlock_Type;
+#define CriBlock_Check(o) (Py_TYPE(o) == &CriBlock_Type)
+
 /* ---------------------------------------------------------------------------------------------------------- */
 /* timestamps */
 
@@ -266,6 +271,53 @@ fail:
 /* ---------------------------------------------------------------------------------------------------------- */
 /* cri_chunk: the same records straight from the bytes read, without the lines in between */
 
+/* The record of a line d[0..len) whose header cri_header read (its time's length sp, its nanoseconds tns): a copy
+   of its stream's template with message, offset, time and time_ns set. NULL with an error set (a message that is
+   not valid UTF-8: UnicodeDecodeError). */
+static PyObject *new_record(const char *d, Py_ssize_t len, Py_ssize_t sp, int64_t tns, long long offset,
+                            PyObject *tmpl) {
+    PyObject *msg = PyUnicode_DecodeUTF8(d + sp + 10, len - sp - 10, NULL);
+    if (msg == NULL)
+        return NULL;
+    PyObject *ts = PyUnicode_FromStringAndSize(d, sp); /* ASCII: parse_z_bytes checked every byte */
+    PyObject *off = PyLong_FromLongLong(offset);
+    PyObject *nsobj = PyLong_FromLongLong(tns);
+    PyObject *rec = (ts && off && nsobj) ? PyDict_Copy(tmpl) : NULL;
+    if (rec != NULL && (PyDict_SetItem(rec, k_message, msg) < 0 || PyDict_SetItem(rec, k_offset, off) < 0 ||
+                        PyDict_SetItem(rec, k_time, ts) < 0 || PyDict_SetItem(rec, k_time_ns, nsobj) < 0))
+        Py_CLEAR(rec);
+    Py_DECREF(msg);
+    Py_XDECREF(ts);
+    Py_XDECREF(off);
+    Py_XDECREF(nsobj);
+    return rec;
+}
+
+/* 1 when d[0..n) is valid UTF-8 as Python's strict decoder judges it, 0 when not, -1 on an error (set). ASCII
+   (the common case) is told by a scan for a high bit; anything else is decoded once to ask the decoder. */
+static int utf8_valid(const char *d, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+#ifdef __SSE2__
+    for (; i + 16 <= n; i += 16)
+        if (_mm_movemask_epi8(_mm_loadu_si128((const __m128i *)(d + i))))
+            break;
+#endif
+    for (; i < n; i++)
+        if ((unsigned char)d[i] >= 0x80)
+            break;
+    if (i == n)
+        return 1;
+    PyObject *u = PyUnicode_DecodeUTF8(d, n, NULL);
+    if (u != NULL) {
+        Py_DECREF(u);
+        return 1;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+        return -1;
+    PyErr_Clear();
+    return 0;
+}
+
 /* One line `<Z time> <stdout|stderr> <P|F> <message>` of d[0..len) as a record (a copy of its stream's template);
    *is_piece: a `P` line. NULL without an error set: the line is in another form (or its message is not valid
    UTF-8), the caller declines. */
@@ -277,24 +329,10 @@ static PyObject *cri_line_record(const char *d, Py_ssize_t len, long long offset
     char tag = cri_header(d, len, &sp, &tns, &is_out);
     if (!tag)
         return NULL;
-    PyObject *msg = PyUnicode_DecodeUTF8(d + sp + 10, len - sp - 10, NULL);
-    if (msg == NULL) {
-        if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
-            PyErr_Clear(); /* the Python path flags it `invalid_utf8` */
-        return NULL;
-    }
-    PyObject *ts = PyUnicode_FromStringAndSize(d, sp); /* ASCII: parse_z_bytes checked every byte */
-    PyObject *off = PyLong_FromLongLong(offset);
-    PyObject *nsobj = PyLong_FromLongLong(tns);
-    PyObject *rec = (ts && off && nsobj) ? PyDict_Copy(is_out ? t_out : t_err) : NULL;
-    if (rec != NULL && (PyDict_SetItem(rec, k_message, msg) < 0 || PyDict_SetItem(rec, k_offset, off) < 0 ||
-                        PyDict_SetItem(rec, k_time, ts) < 0 || PyDict_SetItem(rec, k_time_ns, nsobj) < 0))
-        Py_CLEAR(rec);
-    Py_DECREF(msg);
-    Py_XDECREF(ts);
-    Py_XDECREF(off);
-    Py_XDECREF(nsobj);
     *is_piece = tag == 'P';
+    PyObject *rec = new_record(d, len, sp, tns, offset, is_out ? t_out : t_err);
+    if (rec == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+        PyErr_Clear(); /* the Python path flags it `invalid_utf8` */
     return rec;
 }
 
@@ -361,12 +399,39 @@ done:
 /* ---------------------------------------------------------------------------------------------------------- */
 /* with_key */
 
+/* whether a record is a dict holding `key` (whose value, when `prefix` is not None, is a str starting with it):
+   1 or 0; -1 on an error (set) */
+static int dict_has(PyObject *rec, PyObject *key, PyObject *prefix) {
+    if (!PyDict_Check(rec))
+        return 0;
+    PyObject *v = PyDict_GetItemWithError(rec, key);
+    if (v == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (prefix == Py_None)
+        return 1;
+    if (!PyUnicode_Check(v))
+        return 0;
+    if (PyUnicode_KIND(v) == PyUnicode_1BYTE_KIND && PyUnicode_KIND(prefix) == PyUnicode_1BYTE_KIND) {
+        Py_ssize_t pn = PyUnicode_GET_LENGTH(prefix); /* the common case compared in place */
+        return PyUnicode_GET_LENGTH(v) >= pn && memcmp(PyUnicode_DATA(v), PyUnicode_DATA(prefix), (size_t)pn) == 0;
+    }
+    return (int)PyUnicode_Tailmatch(v, prefix, 0, PY_SSIZE_T_MAX, -1);
+}
+
+static PyObject *block_with_key(CriBlock *b, PyObject *key, PyObject *prefix);
+
 static PyObject *with_key(PyObject *self, PyObject *args) {
     PyObject *records, *key, *prefix = Py_None;
-    if (!PyArg_ParseTuple(args, "O!U|O", &PyList_Type, &records, &key, &prefix))
+    if (!PyArg_ParseTuple(args, "OU|O", &records, &key, &prefix))
         return NULL;
     if (prefix != Py_None && !PyUnicode_Check(prefix)) {
         PyErr_SetString(PyExc_TypeError, "prefix must be str or None");
+        return NULL;
+    }
+    if (CriBlock_Check(records))
+        return block_with_key((CriBlock *)records, key, prefix);
+    if (!PyList_Check(records)) {
+        PyErr_SetString(PyExc_TypeError, "records must be a list or a CriBlock");
         return NULL;
     }
     PyObject *out = PyList_New(0);
@@ -374,38 +439,13 @@ static PyObject *with_key(PyObject *self, PyObject *args) {
         return NULL;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(records); i++) {
         PyObject *rec = PyList_GET_ITEM(records, i);
-        if (!PyDict_Check(rec))
-            continue;
-        PyObject *v = PyDict_GetItemWithError(rec, key);
-        if (v == NULL) {
-            if (PyErr_Occurred())
-                goto fail;
-            continue;
+        int hit = dict_has(rec, key, prefix);
+        if (hit < 0 || (hit && PyList_Append(out, rec) < 0)) {
+            Py_DECREF(out);
+            return NULL;
         }
-        if (prefix != Py_None) {
-            if (!PyUnicode_Check(v))
-                continue;
-            if (PyUnicode_KIND(v) == PyUnicode_1BYTE_KIND && PyUnicode_KIND(prefix) == PyUnicode_1BYTE_KIND) {
-                Py_ssize_t pn = PyUnicode_GET_LENGTH(prefix); /* the common case compared in place */
-                if (PyUnicode_GET_LENGTH(v) < pn || memcmp(PyUnicode_DATA(v), PyUnicode_DATA(prefix), (size_t)pn))
-                    continue;
-                if (PyList_Append(out, rec) < 0)
-                    goto fail;
-                continue;
-            }
-            Py_ssize_t r = PyUnicode_Tailmatch(v, prefix, 0, PY_SSIZE_T_MAX, -1);
-            if (r < 0)
-                goto fail;
-            if (r == 0)
-                continue;
-        }
-        if (PyList_Append(out, rec) < 0)
-            goto fail;
     }
     return out;
-fail:
-    Py_DECREF(out);
-    return NULL;
 }
 
 /* ---------------------------------------------------------------------------------------------------------- */
@@ -476,6 +516,68 @@ static inline char *put_escape(char *o, Py_UCS4 c) {
     return o;
 }
 
+/* d[0..n) (ASCII or valid UTF-8) escaped at o as orjson escapes a str: runs of bytes that need no escape are
+   copied whole; returns the end. */
+static char *escape_run(char *o, const Py_UCS1 *d, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+    while (i < n) {
+        Py_ssize_t j = i;
+#ifdef __SSE2__
+        /* sixteen bytes at a time up to one that needs an escape (a control byte is one that an unsigned
+           min with 0x1f leaves as it is) */
+        const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), ctl = _mm_set1_epi8(0x1f);
+        while (j + 16 <= n) {
+            __m128i v = _mm_loadu_si128((const __m128i *)(d + j));
+            int mask = _mm_movemask_epi8(_mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)), _mm_cmpeq_epi8(_mm_min_epu8(v, ctl), v)));
+            if (mask) {
+                j += __builtin_ctz((unsigned)mask);
+                break;
+            }
+            j += 16;
+        }
+        if (j < n && n >= 16 && j + 16 > n) {
+            /* the last bytes (fewer than 16): the string's last sixteen, those before j shifted out */
+            __m128i v = _mm_loadu_si128((const __m128i *)(d + n - 16));
+            unsigned mask = (unsigned)_mm_movemask_epi8(_mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)), _mm_cmpeq_epi8(_mm_min_epu8(v, ctl), v)));
+            mask >>= (unsigned)(j - (n - 16));
+            j = mask ? j + __builtin_ctz(mask) : n;
+        }
+#else
+        while (j + 8 <= n) { /* eight bytes at a time (SWAR) up to one that needs an escape */
+            uint64_t x;
+            memcpy(&x, d + j, 8);
+            if (needs_escape8(x))
+                break;
+            j += 8;
+        }
+#endif
+        while (j < n && d[j] >= 0x20 && d[j] != '"' && d[j] != '\\')
+            j++;
+        memcpy(o, d + i, (size_t)(j - i));
+        o += j - i;
+        if (j == n)
+            break;
+        Py_UCS1 c = d[j];
+        o = put_escape(o, c);
+        i = j + 1;
+    }
+    return o;
+}
+
+/* bytes (valid UTF-8) as a JSON string, escaped as put_json_str escapes the str they decode to */
+static int put_json_bytes(const char *d, Py_ssize_t n) {
+    if (reserve(n * 6 + 2) < 0)
+        return -1;
+    char *o = B.p + B.len;
+    *o++ = '"';
+    o = escape_run(o, (const Py_UCS1 *)d, n);
+    *o++ = '"';
+    B.len = o - B.p;
+    return 0;
+}
+
 /* A str as a JSON string, escaped as orjson escapes: `"` `\` and control characters (\b \t \n \f \r short, the
    rest \u00xx), everything else as UTF-8. Returns 1 (declined) on a lone surrogate, -1 on error, 0 on success. */
 static int put_json_str(PyObject *s) {
@@ -487,52 +589,7 @@ static int put_json_str(PyObject *s) {
     char *o = B.p + B.len;
     *o++ = '"';
     if (PyUnicode_IS_ASCII(s)) {
-        /* runs of bytes that need no escape are copied whole */
-        const Py_UCS1 *d = (const Py_UCS1 *)data;
-        Py_ssize_t i = 0;
-        while (i < n) {
-            Py_ssize_t j = i;
-#ifdef __SSE2__
-            /* sixteen bytes at a time up to one that needs an escape (ASCII: a signed compare with 0x20 finds
-               exactly the control bytes) */
-            const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), space = _mm_set1_epi8(0x20);
-            while (j + 16 <= n) {
-                __m128i v = _mm_loadu_si128((const __m128i *)(d + j));
-                int mask = _mm_movemask_epi8(_mm_or_si128(
-                    _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)), _mm_cmplt_epi8(v, space)));
-                if (mask) {
-                    j += __builtin_ctz((unsigned)mask);
-                    break;
-                }
-                j += 16;
-            }
-            if (j < n && n >= 16 && j + 16 > n) {
-                /* the last bytes (fewer than 16): the string's last sixteen, those before j shifted out */
-                __m128i v = _mm_loadu_si128((const __m128i *)(d + n - 16));
-                unsigned mask = (unsigned)_mm_movemask_epi8(_mm_or_si128(
-                    _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)), _mm_cmplt_epi8(v, space)));
-                mask >>= (unsigned)(j - (n - 16));
-                j = mask ? j + __builtin_ctz(mask) : n;
-            }
-#else
-            while (j + 8 <= n) { /* eight bytes at a time (SWAR) up to one that needs an escape */
-                uint64_t x;
-                memcpy(&x, d + j, 8);
-                if (needs_escape8(x))
-                    break;
-                j += 8;
-            }
-#endif
-            while (j < n && d[j] >= 0x20 && d[j] != '"' && d[j] != '\\')
-                j++;
-            memcpy(o, d + i, (size_t)(j - i));
-            o += j - i;
-            if (j == n)
-                break;
-            Py_UCS1 c = d[j];
-            o = put_escape(o, c);
-            i = j + 1;
-        }
+        o = escape_run(o, (const Py_UCS1 *)data, n);
     } else if (kind == PyUnicode_1BYTE_KIND) {
         const Py_UCS1 *d = (const Py_UCS1 *)data;
         for (Py_ssize_t i = 0; i < n; i++) {
@@ -594,10 +651,141 @@ static int cri_fields(PyObject *rec, PyObject **vals) {
     return 1;
 }
 
+/* What es_items writes an item with: `first` (the prefix, or with date_hours the callable giving an hour's),
+   `middle` (bytes or None) and the prefix of the hour being written. */
+typedef struct {
+    PyObject *first, *middle, *prefix;
+    int date_hours, have_hour;
+    Py_UCS4 hour[13];
+} es_t;
+
+/* Makes s->prefix the prefix of the hour of a time whose first 13 characters are c (ts: the time as a str, or
+   NULL to make it from the bytes tb[0..tlen)): 0 same hour as before, 2 a new hour (`first` was called: Python
+   code ran), -1 on an error (set). */
+static int es_hour(es_t *s, const Py_UCS4 *c, PyObject *ts, const char *tb, Py_ssize_t tlen) {
+    if (s->have_hour && memcmp(c, s->hour, sizeof(s->hour)) == 0)
+        return 0;
+    PyObject *made = ts == NULL ? PyUnicode_FromStringAndSize(tb, tlen) : NULL;
+    if (ts == NULL && made == NULL)
+        return -1;
+    Py_CLEAR(s->prefix);
+    s->have_hour = 0;
+    s->prefix = PyObject_CallOneArg(s->first, ts != NULL ? ts : made);
+    Py_XDECREF(made);
+    if (s->prefix == NULL)
+        return -1;
+    if (!PyBytes_Check(s->prefix)) {
+        PyErr_SetString(PyExc_TypeError, "an hour's prefix must be bytes");
+        return -1;
+    }
+    memcpy(s->hour, c, sizeof(s->hour));
+    s->have_hour = 1;
+    return 2;
+}
+
+/* the hour of a line's time (ASCII, validated by parse_z_bytes: `...Z`, at least 20 bytes) */
+static int es_hour_bytes(es_t *s, const char *tb, Py_ssize_t tlen) {
+    if (!s->date_hours)
+        return 0;
+    Py_UCS4 c[13];
+    for (int j = 0; j < 13; j++)
+        c[j] = (unsigned char)tb[j];
+    int r = es_hour(s, c, NULL, tb, tlen);
+    return r < 0 ? -1 : 0;
+}
+
+/* an item's start: the prefix, then (with `middle`) the offset in hex and middle */
+static int es_head(es_t *s, long long o) {
+    B.len = 0;
+    if (put_bytes(s->prefix) < 0)
+        return -1;
+    if (s->middle != Py_None) {
+        char hx[17];
+        int k = 16;
+        unsigned long long u = (unsigned long long)o;
+        do {
+            hx[--k] = HEX[u & 15];
+            u >>= 4;
+        } while (u);
+        if (put(hx + k, 16 - k) < 0 || put_bytes(s->middle) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int es_finish(PyObject **item) {
+    if (put("}\n", 2) < 0)
+        return -1;
+    *item = PyBytes_FromStringAndSize(B.p, B.len);
+    return *item == NULL ? -1 : 0;
+}
+
+/* The item of a record dict: 0 (*item set), 1 declined (not a plain CRI record, a lone surrogate, ...), -1 on an
+   error (set). The caller holds a reference to rec. */
+static int es_record_item(es_t *s, PyObject *rec, PyObject **item) {
+    PyObject *v[F_COUNT];
+    for (int pass = 0;; pass++) {
+        int got = cri_fields(rec, v);
+        if (got <= 0)
+            return got < 0 ? -1 : 1;
+        if (!PyUnicode_CheckExact(v[F_MESSAGE]) || !PyUnicode_CheckExact(v[F_STREAM]) ||
+            !PyUnicode_CheckExact(v[F_TIME]) || !PyLong_CheckExact(v[F_OFFSET]))
+            return 1;
+        if (!s->date_hours || pass)
+            break;
+        PyObject *ts = v[F_TIME];
+        Py_ssize_t tl = PyUnicode_GET_LENGTH(ts);
+        if (tl < 13 || PyUnicode_READ_CHAR(ts, tl - 1) != 'Z')
+            return 1;
+        Py_UCS4 c[13];
+        for (int j = 0; j < 13; j++)
+            c[j] = PyUnicode_READ_CHAR(ts, j);
+        Py_INCREF(ts);
+        int r = es_hour(s, c, ts, NULL, 0);
+        Py_DECREF(ts);
+        if (r < 0)
+            return -1;
+        if (r == 0)
+            break;
+        /* Python code ran: the record's values are looked up again (and must still be those of the hour) */
+        if (cri_fields(rec, v) <= 0 || v[F_TIME] != ts)
+            return PyErr_Occurred() ? -1 : 1;
+    }
+    int overflow = 0;
+    long long o = PyLong_AsLongLongAndOverflow(v[F_OFFSET], &overflow);
+    if (overflow || o < 0)
+        return PyErr_Occurred() ? -1 : 1;
+    int r;
+    if (es_head(s, o) < 0 || put("\"message\":", 10) < 0 || (r = put_json_str(v[F_MESSAGE])) < 0)
+        return -1;
+    if (r)
+        return 1;
+    if (put(",\"stream\":", 10) < 0 || (r = put_json_str(v[F_STREAM])) < 0)
+        return -1;
+    if (r)
+        return 1;
+    if (put(",\"@timestamp\":", 14) < 0 || (r = put_json_str(v[F_TIME])) < 0)
+        return -1;
+    if (r)
+        return 1;
+    return es_finish(item);
+}
+
+static PyObject *block_es_items(CriBlock *b, es_t *s);
+
+static void es_release(es_t *s) {
+    Py_XDECREF(s->prefix);
+    if (B.cap > (1 << 20)) { /* a huge record grew the buffer: give it back */
+        PyMem_Free(B.p);
+        B.p = NULL;
+        B.cap = B.len = 0;
+    }
+}
+
 static PyObject *es_items(PyObject *self, PyObject *args) {
     PyObject *records, *first, *middle;
     int date_hours;
-    if (!PyArg_ParseTuple(args, "O!OOp", &PyList_Type, &records, &first, &middle, &date_hours))
+    if (!PyArg_ParseTuple(args, "OOOp", &records, &first, &middle, &date_hours))
         return NULL;
     if (middle != Py_None && !PyBytes_Check(middle)) {
         PyErr_SetString(PyExc_TypeError, "middle must be bytes or None");
@@ -607,111 +795,48 @@ static PyObject *es_items(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "first must be bytes unless date_hours");
         return NULL;
     }
+    es_t s = {first, middle, date_hours ? NULL : first, date_hours, 0, {0}};
+    Py_XINCREF(s.prefix);
+    if (CriBlock_Check(records)) {
+        PyObject *out = block_es_items((CriBlock *)records, &s);
+        es_release(&s);
+        return out;
+    }
+    if (!PyList_Check(records)) {
+        es_release(&s);
+        PyErr_SetString(PyExc_TypeError, "records must be a list or a CriBlock");
+        return NULL;
+    }
     Py_ssize_t n = PyList_GET_SIZE(records);
     PyObject *out = PyList_New(n);
-    if (out == NULL)
+    if (out == NULL) {
+        es_release(&s);
         return NULL;
-    PyObject *hour = NULL; /* the time of the last hour's first record, and that hour's prefix */
-    PyObject *prefix = date_hours ? NULL : first;
-    Py_XINCREF(prefix);
+    }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *rec = PyList_GET_ITEM(records, i);
-        PyObject *v[F_COUNT];
-        int got = cri_fields(rec, v);
-        if (got < 0)
-            goto fail;
-        if (got == 0)
-            goto decline;
-        PyObject *msg = v[F_MESSAGE], *stream = v[F_STREAM], *ts = v[F_TIME], *off = v[F_OFFSET];
-        if (!PyUnicode_CheckExact(msg) || !PyUnicode_CheckExact(stream) || !PyUnicode_CheckExact(ts) ||
-            !PyLong_CheckExact(off))
-            goto decline;
-        if (date_hours) {
-            Py_ssize_t tl = PyUnicode_GET_LENGTH(ts);
-            if (tl < 13 || PyUnicode_READ_CHAR(ts, tl - 1) != 'Z')
-                goto decline;
-            int same = hour != NULL;
-            for (Py_ssize_t j = 0; same && j < 13; j++)
-                same = PyUnicode_READ_CHAR(ts, j) == PyUnicode_READ_CHAR(hour, j);
-            if (!same) {
-                Py_XDECREF(hour);
-                Py_CLEAR(prefix);
-                hour = ts;
-                Py_INCREF(hour);
-                Py_INCREF(rec); /* (Python code runs: the record's values stay alive while they are used) */
-                prefix = PyObject_CallOneArg(first, ts);
-                if (prefix == NULL || PyList_GET_ITEM(records, i) != rec || PyDict_GET_SIZE(rec) != F_COUNT) {
-                    Py_DECREF(rec);
-                    if (prefix == NULL)
-                        goto fail;
-                    goto decline; /* the callback changed the batch: not ours to reason about */
-                }
-                Py_DECREF(rec);
-                if (!PyBytes_Check(prefix)) {
-                    PyErr_SetString(PyExc_TypeError, "an hour's prefix must be bytes");
-                    goto fail;
-                }
-            }
+        if (PyList_GET_SIZE(records) != n) {
+            es_release(&s);
+            Py_DECREF(out);
+            Py_RETURN_NONE; /* a callback changed the batch: not ours to reason about */
         }
-        int overflow = 0;
-        long long o = PyLong_AsLongLongAndOverflow(off, &overflow);
-        if (overflow || o < 0) {
-            if (PyErr_Occurred())
-                goto fail;
-            goto decline;
+        PyObject *rec = PyList_GET_ITEM(records, i), *item = NULL;
+        Py_INCREF(rec);
+        int r = es_record_item(&s, rec, &item);
+        if (r == 0 && PyList_GET_ITEM(records, i) != rec)
+            r = 1;
+        Py_DECREF(rec);
+        if (r != 0) {
+            Py_XDECREF(item);
+            es_release(&s);
+            Py_DECREF(out);
+            if (r > 0)
+                Py_RETURN_NONE;
+            return NULL;
         }
-        B.len = 0;
-        if (put_bytes(prefix) < 0)
-            goto fail;
-        if (middle != Py_None) {
-            char hx[17];
-            int k = 16;
-            unsigned long long u = (unsigned long long)o;
-            do {
-                hx[--k] = HEX[u & 15];
-                u >>= 4;
-            } while (u);
-            if (put(hx + k, 16 - k) < 0 || put_bytes(middle) < 0)
-                goto fail;
-        }
-        int r;
-        if (put("\"message\":", 10) < 0 || (r = put_json_str(msg)) < 0)
-            goto fail;
-        if (r)
-            goto decline;
-        if (put(",\"stream\":", 10) < 0 || (r = put_json_str(stream)) < 0)
-            goto fail;
-        if (r)
-            goto decline;
-        if (put(",\"@timestamp\":", 14) < 0 || (r = put_json_str(ts)) < 0)
-            goto fail;
-        if (r)
-            goto decline;
-        if (put("}\n", 2) < 0)
-            goto fail;
-        PyObject *item = PyBytes_FromStringAndSize(B.p, B.len);
-        if (item == NULL)
-            goto fail;
         PyList_SET_ITEM(out, i, item);
     }
-    Py_XDECREF(hour);
-    Py_XDECREF(prefix);
-    if (B.cap > (1 << 20)) { /* a huge record grew the buffer: give it back */
-        PyMem_Free(B.p);
-        B.p = NULL;
-        B.cap = B.len = 0;
-    }
+    es_release(&s);
     return out;
-decline:
-    Py_XDECREF(hour);
-    Py_XDECREF(prefix);
-    Py_DECREF(out);
-    Py_RETURN_NONE;
-fail:
-    Py_XDECREF(hour);
-    Py_XDECREF(prefix);
-    Py_DECREF(out);
-    return NULL;
 }
 
 /* ---------------------------------------------------------------------------------------------------------- */
@@ -972,9 +1097,12 @@ fail:
 
 /* ---------------------------------------------------------------------------------------------------------- */
 
+#include "_criblock.h"
+
 static PyMethodDef methods[] = {
     {"cri_records", cri_records, METH_VARARGS, "CRI lines -> (records, indices of P lines) or None"},
     {"cri_chunk", cri_chunk, METH_VARARGS, "CRI bytes (complete lines) -> (records, indices of P lines) or None"},
+    {"cri_block", cri_block, METH_VARARGS, "CRI bytes (complete lines) -> (CriBlock, indices of P lines) or None"},
     {"with_key", with_key, METH_VARARGS, "the records that hold a key (whose str value starts with a prefix)"},
     {"es_items", es_items, METH_VARARGS, "CRI records -> Elasticsearch bulk items or None"},
     {"loki_entries", loki_entries, METH_VARARGS, "Loki items of one stream -> its encoded entries or None"},
@@ -995,5 +1123,16 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     one = PyLong_FromLong(1);
     if (!k_message || !k_offset || !k_time || !k_time_ns || !k_stream || !k_fragments || !k_lines || !one)
         return NULL;
-    return PyModule_Create(&module);
+    if (PyType_Ready(&CriBlock_Type) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&CriBlock_Type);
+    if (PyModule_AddObject(m, "CriBlock", (PyObject *)&CriBlock_Type) < 0) {
+        Py_DECREF(&CriBlock_Type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -41,7 +41,7 @@ RECORD_OVERHEAD = 400  # bytes a record costs in memory beyond the bytes it was 
 
 def batch_cost(batch: Any, record_overhead: int = RECORD_OVERHEAD) -> int:
     """What a batch holds in memory, as the windows count it: its bytes read plus an overhead per record."""
-    return int(batch.nbytes) + record_overhead * len(batch.records)
+    return int(batch.nbytes) + record_overhead * int(batch.count())
 
 
 class ByteWindow:

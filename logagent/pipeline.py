@@ -143,7 +143,7 @@ class Pipeline:
             # the stop marker may be queued already: the router ships these when it reaches it
             if self._router_task is not None and self._router_task.done():
                 log.warning("a stage made a batch after the router stopped; it is not shipped",
-                            extra={"tag": batch.tag, "records": len(batch.records)})
+                            extra={"tag": batch.tag, "records": batch.count()})
             else:
                 self._late.append(batch)
             return
@@ -248,7 +248,7 @@ class Pipeline:
         overhead = self.config.limits.record_overhead
 
         async def emit(batch: Batch) -> None:
-            records_in.inc(len(batch.records))
+            records_in.inc(batch.count())
             bytes_in.inc(batch.nbytes)
             await queue.put(batch, batch_cost(batch, overhead))
             depth.set(queue.qsize())
@@ -456,7 +456,7 @@ class Pipeline:
         cost = batch_cost(batch, self.config.limits.record_overhead)
         for ro, share in zip(targets, shares):
             await ro.unacked.acquire(cost)
-            view = Batch(batch.tag, batch.records, batch.meta, AckToken(_release(ro.unacked, cost, share)), nbytes,
+            view = Batch(batch.tag, batch.rows, batch.meta, AckToken(_release(ro.unacked, cost, share)), nbytes,
                          batch.flagged)
             await ro.queue.put(view)
 

@@ -23,17 +23,38 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 import xxhash
 
 if TYPE_CHECKING:
+    from logagent._speedups import CriBlock
     from logagent.config import Section
 
 from logagent.identity import IDENTITY_KEYS
 
 Record = dict[str, Any]
+# What an input holds and a batch carries: a list of record dicts, or (the CRI fast path) the accelerator's
+# `CriBlock`, which makes each record the first time it is asked for (`Batch.records`, `joined`).
+Rows = Union[list[Record], "CriBlock"]
+
+
+def as_records(rows: Rows) -> list[Record]:
+    """The records of `rows` as a list (a block's are made)."""
+    return rows if isinstance(rows, list) else rows.records()
+
+
+def joined(rows: Rows, more: Rows) -> Rows:
+    """`rows` followed by `more` (either may be a block; `rows` is extended in place when it can be)."""
+    if not more:
+        return rows
+    if not rows:
+        return more
+    if isinstance(rows, list):
+        rows.extend(as_records(more))
+    else:
+        rows.extend(more)
+    return rows
 
 # Batch meta keys that steer the agent (deterministic ids) and are not part of what is shipped.
 _INTERNAL_META = frozenset(("source_id", "pos_key"))
@@ -100,23 +121,59 @@ def noop_token() -> AckToken:
     return AckToken(None)
 
 
-@dataclass(slots=True)
 class Batch:
     """Records from one source (one file, one kernel buffer read, one journal read).
 
     tag:   routing key; outputs select batches by glob on it (e.g. `kube.default.web.nginx`, `kernel`).
+    records: the record dicts. A batch built from a `CriBlock` (the file input's CRI fast path) makes them the
+           first time `records` is read; until then `block` is that block, which the outputs' native encoders and
+           `speedups.with_key` read in place, and `count()` is the number of records without making them.
     meta:  fields shared by all records; `meta["source_id"]` names the source for deterministic ids and
            `meta["pos_key"]` names the record field holding the position ("offset", "seq", "cursor").
     flagged: how many records the input flagged (`flags`), when it counted them (None: not counted). 0 lets the
            outputs skip looking for records they must not ship (`logagent.delivery.output`): no per-record pass.
     """
 
-    tag: str
-    records: list[Record]
-    meta: dict[str, Any] = field(default_factory=dict)
-    ack: AckToken = field(default_factory=noop_token)
-    nbytes: int = 0
-    flagged: int | None = None
+    __slots__ = ("tag", "_rows", "meta", "ack", "nbytes", "flagged")
+
+    def __init__(self, tag: str, records: Rows, meta: dict[str, Any] | None = None, ack: AckToken | None = None,
+                 nbytes: int = 0, flagged: int | None = None) -> None:
+        self.tag = tag
+        self._rows = records
+        self.meta: dict[str, Any] = {} if meta is None else meta
+        self.ack = noop_token() if ack is None else ack
+        self.nbytes = nbytes
+        self.flagged = flagged
+
+    @property
+    def records(self) -> list[Record]:
+        rows = self._rows
+        if rows.__class__ is list:  # (the exact class: one pointer compare on the hot path)
+            return rows
+        made = self._rows = rows.records()  # type: ignore[union-attr]
+        return made
+
+    @records.setter
+    def records(self, value: list[Record]) -> None:
+        self._rows = value
+
+    @property
+    def block(self) -> CriBlock | None:
+        """The block the records are still kept in (None once they were made, or when there never was one)."""
+        rows = self._rows
+        return None if rows.__class__ is list else rows  # type: ignore[return-value]
+
+    @property
+    def rows(self) -> Rows:
+        """The records as held: the block while there is one (for code that reads either), else the list."""
+        return self._rows
+
+    def count(self) -> int:
+        return len(self._rows)
+
+    def __repr__(self) -> str:
+        return (f"Batch(tag={self.tag!r}, records={self.count()}, meta={self.meta!r}, nbytes={self.nbytes}, "
+                f"flagged={self.flagged})")
 
     def shipped_meta(self) -> dict[str, Any]:
         """The shared fields that are shipped with every record (internal keys left out)."""

@@ -146,7 +146,7 @@ class BulkCodec:
         return [("", items, nbytes)]
 
     def items(self, batch: Batch) -> tuple[list[bytes], int]:
-        if not batch.records:
+        if not batch.count():
             return [], 0
         fast = self._uniform_items(batch)
         out = fast if fast is not None else self._record_items(batch)
@@ -193,13 +193,13 @@ class BulkCodec:
         batch, ids from the offset. None when the batch is anything else (then
         `_record_items` encodes it; both give the same bytes)."""
         shape = self.shape
-        records = batch.records
         if not shape.lean or not _UNIFORM_DROPPED <= shape.drop:
             return None
         if self._native is not None:
             items = self._native_items(batch)
             if items is not None:
                 return items
+        records = batch.records
         if set(map(len, records)) != _UNIFORM_LEN:
             return None
         try:
@@ -253,7 +253,7 @@ class BulkCodec:
         """`_uniform_items` by the accelerator (`logagent.speedups`): the batch-level parts here, the records in
         C; the same bytes. None when it declines (a record that is not a plain CRI record, ...)."""
         assert self._native is not None
-        records = batch.records
+        records = batch.rows  # a block is encoded from its bytes: no record dict is made
         meta = batch.meta
         shipped = self.shape.meta(batch)
         tmpl = self.template
@@ -270,7 +270,8 @@ class BulkCodec:
         else:
             after, middle = b"}}\n" + head, None
         if not tmpl.has_date:
-            ts = records[0].get("time")
+            lead = records[0]
+            ts = lead.get("time") if lead is not None else None
             if not isinstance(ts, str):
                 return None
             return self._native(records, b'{"create":{"_index":' + self._index("", meta_key, lambda: dict(meta), ts)

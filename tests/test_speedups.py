@@ -27,7 +27,7 @@ from logagent.outputs import loki, sls
 from logagent.outputs.elasticsearch import BulkCodec, ElasticsearchOutput
 from logagent.outputs.proto.logproto_pb2 import PushRequest
 from logagent.parsers.cri import CriJoiner
-from logagent.record import Batch
+from logagent.record import Batch, as_records
 
 pytestmark = pytest.mark.skipif(None in (speedups.cri_records, speedups.cri_chunk, speedups.with_key,
                                         speedups.es_items, speedups.loki_entries, speedups.sls_logs),
@@ -159,7 +159,7 @@ def test_cri_chunk_and_lines_paths_agree(data: bytes, reads: list[int], max_byte
         piece = data[pos:pos + reads[i % len(reads)]]
         pos += len(piece)
         i += 1
-        got = fast.feed_records(piece, pos, 0.0, native.feed_chunk, native.feed)
+        got = as_records(fast.feed_records(piece, pos, 0.0, native.feed_chunk, native.feed))
         assert got == python.feed(*slow.feed(piece, pos, 0.0))
         assert (fast.pending, fast.pending_start, fast.skipping) == (slow.pending, slow.pending_start, slow.skipping)
     assert native.feed(*fast.take_partial()) == python.feed(*slow.take_partial())

@@ -18,10 +18,12 @@ from collections.abc import Callable
 from itertools import accumulate
 from typing import Any
 
+from logagent.record import Rows, joined
+
 Lines = tuple[list[str], list[int], dict[int, list[str]] | None]
 Record = dict[str, Any]
 # (buffer, index of the last newline, file offset of the buffer, max_line) -> records, or None: not this chunk
-ChunkParser = Callable[[bytes, int, int, int], list[Record] | None]
+ChunkParser = Callable[[bytes, int, int, int], Rows | None]
 _Cut = tuple[str, int, list[str]]  # an over-long line's first max_line bytes: (text, offset, flags)
 _EMPTY: Lines = ([], [], None)
 _PLUS_ONE = (1).__add__
@@ -85,21 +87,21 @@ class LineSplitter:
         return lines, offsets, flags
 
     def feed_records(self, data: bytes, end: int, now: float, chunk: ChunkParser,
-                     join: Callable[[list[str], list[int], dict[int, list[str]] | None], list[Record]]) -> list[Record]:
+                     join: Callable[[list[str], list[int], dict[int, list[str]] | None], list[Record]]) -> Rows:
         """`feed`, then `join` the lines into records; the complete lines of a chunk go to `chunk` first, which
         makes the records straight from the bytes (no list of lines in between), or answers None for `join`."""
         framed = self._frame(data, end, now)
         if framed is None:
             return []
         buf, last, base, cut = framed
-        records: list[Record] = []
+        records: Rows = []
         if last >= 0:
             got = chunk(buf, last, base, self.max_line)
             records = got if got is not None else join(*self._split(buf[:last], base))
         if cut is not None:
             lines: list[str] = []
             offsets: list[int] = []
-            records = records + join(lines, offsets, _append_cut(lines, offsets, None, cut))
+            records = joined(records, join(lines, offsets, _append_cut(lines, offsets, None, cut)))
         return records
 
     def _frame(self, data: bytes, end: int, now: float) -> tuple[bytes, int, int, _Cut | None] | None:

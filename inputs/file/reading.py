@@ -33,7 +33,7 @@ from logagent.inputs.file.reader import settle_utf8
 from logagent.inputs.file.rotation import DROPPED_BYTES, Rotation
 from logagent.inputs.file.settings import FileSettings
 from logagent.inputs.file.tail import Tail
-from logagent.record import Batch
+from logagent.record import Batch, Rows, as_records
 
 log = logging.getLogger("logagent.input.file")
 
@@ -166,11 +166,14 @@ class Reader:
                     or committed.get("fp") != pos["fp"] or committed.get("sid") != pos.get("sid"):
                 self.tracker.set(tail.pos_key, pos)
 
-    def _finish_flagged(self, records: list[dict[str, Any]]) -> int:
+    def _finish_flagged(self, records: Rows) -> int:
         """The rare records with flags: text kept undecoded until complete is decoded (`settle_utf8`), and each
         flag is counted. Returns how many records carry flags (`Batch.flagged`)."""
         with_key = speedups.with_key
-        flagged = with_key(records, "flags", None) if with_key is not None else [r for r in records if "flags" in r]
+        if with_key is not None:
+            flagged = with_key(records, "flags", None)
+        else:
+            flagged = [r for r in as_records(records) if "flags" in r]
         if not flagged:
             return 0
         settle_utf8(flagged)

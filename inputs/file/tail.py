@@ -20,7 +20,7 @@ from logagent.inputs.file.fingerprint import FileFingerprint, fingerprint_of, re
 from logagent.inputs.file.identity import source_id
 from logagent.inputs.file.reader import LineSplitter
 from logagent.parsers.base import LineJoiner
-from logagent.record import Record
+from logagent.record import Rows, joined
 
 
 @dataclass(eq=False)
@@ -44,7 +44,7 @@ class Tail:
     size: int = 0  # last size seen by fstat
     closed: bool = False
     rewritten: bool = False  # first bytes changed: truncated and written past our offset between two looks
-    pending: list[Record] = field(default_factory=list)  # records read but not emitted yet
+    pending: Rows = field(default_factory=list)  # records read but not emitted yet (a list, or a CriBlock)
     pending_bytes: int = 0
     started: bool = False  # bytes read since opened (a successor not started yet may carry a record: `carry`)
     carry: Any = None  # carry.CarriedJoiner: this file reads on into its rotated predecessor's unfinished record
@@ -113,12 +113,9 @@ class Tail:
                 self._add(self.joiner.feed(lines, offsets, flags))
         self._add(self.joiner.flush(now, force))
 
-    def _add(self, records: list[Record]) -> None:
+    def _add(self, records: Rows) -> None:
         if records:
-            if self.pending:
-                self.pending.extend(records)
-            else:
-                self.pending = records
+            self.pending = joined(self.pending, records)
 
     def _settle_carry(self) -> None:
         """The carried record is out and nothing else is held: back to the plain joiner (no offset shifting)."""
@@ -140,7 +137,7 @@ class Tail:
         """Records to emit here or in the rotated file this one carries for (emitted first: `_emit_pending`)."""
         return bool(self.pending) or (self.carry is not None and self.carry.predecessor.has_pending)
 
-    def take(self) -> tuple[list[Record], int]:
+    def take(self) -> tuple[Rows, int]:
         records, nbytes = self.pending, self.pending_bytes
         self.pending, self.pending_bytes = [], 0
         return records, nbytes

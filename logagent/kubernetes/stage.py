@@ -273,14 +273,14 @@ class KubernetesMetadata(Stage[KubernetesSettings]):
         if path is not None:
             _, _, kmeta, excluded, sidecar = self._lookup(path)
             if excluded:
-                self._dropped.inc(len(batch.records))
+                self._dropped.inc(batch.count())
                 return ()
             if kmeta is not None:
                 # A new meta dict: the input may reuse its own between batches of one file.
                 batch.meta = {**batch.meta, "kubernetes": kmeta}
                 if self.settings.tag_rewrite:
                     batch.tag = self._tag(batch.tag, kmeta)
-        if self.settings.sidecar_unwrap and batch.records:
+        if self.settings.sidecar_unwrap and batch.count():
             self._envelopes.process(batch, sidecar)
         return (batch,)
 

@@ -16,12 +16,17 @@ from collections.abc import Callable
 from itertools import repeat
 from operator import add as _add
 from operator import itemgetter
-from typing import cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from logagent import speedups
 from logagent.parsers.partials import PartialLines, unparsed
 from logagent.parsers.timestamps import NS_MAX, NS_MIN, TIME_OUT_OF_RANGE, Z_SECONDS, clamped, time_ns
-from logagent.record import Record
+from logagent.record import Record, Rows
+
+if TYPE_CHECKING:
+    from logagent._speedups import CriBlock
+
+_Rows = TypeVar("_Rows", list[Record], "CriBlock")  # what `_join_pieces` is given, it answers
 
 STREAMS = ("stdout", "stderr")
 _FULL = frozenset({("stdout", "F"), ("stderr", "F")})
@@ -91,11 +96,17 @@ class CriJoiner:
         self.partials = PartialLines(max_record_bytes, clock)
         self.partial_flush = partial_flush
         self._native = speedups.cri_records if native else None
+        # the chunk path: a CriBlock (records made only when asked for), else records from the bytes
+        self._block = speedups.cri_block if native else None
         self._chunk = speedups.cri_chunk if native else None
 
-    def feed_chunk(self, buf: bytes, stop: int, base: int, max_line: int) -> list[Record] | None:
+    def feed_chunk(self, buf: bytes, stop: int, base: int, max_line: int) -> Rows | None:
         """The complete lines of buf[:stop] (starting at file offset `base`) straight from the bytes (the
-        accelerator's `cri_chunk`); None: the lines path (`feed`) takes them (any line it is unsure of)."""
+        accelerator's `cri_block`, or `cri_chunk`); None: the lines path (`feed`) takes them (any line it is
+        unsure of)."""
+        if self._block is not None:
+            block = self._block(buf, stop, base, max_line, STREAMS)
+            return None if block is None else self._join_pieces(*block)
         if self._chunk is None:
             return None
         got = self._chunk(buf, stop, base, max_line, STREAMS)
@@ -173,9 +184,10 @@ class CriJoiner:
             pass
         return self._join_pieces(records, pieces)
 
-    def _join_pieces(self, records: list[Record], pieces: list[int]) -> list[Record]:
+    def _join_pieces(self, records: _Rows, pieces: list[int]) -> _Rows:
         """`records` holds one record per line, each taken as an `F` line; `pieces` the indices of the `P` lines.
-        The pieces (and the `F` lines that end them) are put right line by line; the other records stay."""
+        The pieces (and the `F` lines that end them) are put right line by line; the other records stay. In a
+        block, only those lines become record dicts (read, then set in place; `settle` drops the joined)."""
         if not pieces and not self.partials.open:
             return records
         partials = self.partials
@@ -194,6 +206,7 @@ class CriJoiner:
                     break
                 i = pieces[k]  # lines up to the next piece are records as they are
             rec = records[i]
+            assert rec is not None  # (lines not yet put right are records)
             stream = rec["stream"]
             final = i not in piece
             if final and stream not in open_:
@@ -208,6 +221,8 @@ class CriJoiner:
                 if done:
                     more[i] = done
             i += 1
+        if not isinstance(records, list):
+            return records.settle(more or None)
         if not more:
             return list(filter(None, out))  # (a record is a non-empty dict)
         joined: list[Record] = []

@@ -1,0 +1,217 @@
+"""`CriBlock` (issue 11): the CRI fast path keeps a chunk's records as the bytes they were read from.
+
+A block must be indistinguishable from the list of records `cri_chunk` makes from the same bytes, for every
+operation the agent applies to it: reading and setting records by index (the joiner puts `P` pieces right),
+settling, extending, `with_key` (the envelope and flag scans) and `es_items` (the Elasticsearch encoder), which
+read it in place. Each test runs the same operations on a block and on the list and compares, over generated
+CRI files (the strategies of tests/test_speedups.py: odd timestamps, invalid UTF-8, lone surrogates, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from logagent import speedups
+from logagent.parsers.cri import STREAMS, CriJoiner
+from logagent.record import Batch
+from tests.test_speedups import _codec, cri_file, cri_records
+
+pytestmark = pytest.mark.skipif(None in (speedups.cri_block, speedups.cri_chunk, speedups.with_key,
+                                        speedups.es_items),
+                                reason="the native accelerator is not built (pip install -e . builds it)")
+
+GOOD = (b"2024-05-14T09:12:03.123456789Z stdout F GET /healthz 200\n"
+        b"2024-05-14T09:12:03.2Z stderr P a long line, \n"
+        b"2024-05-14T09:59:59.9Z stdout F {\"logagent.sidecar\":1} \"q\" \\ \x01\n"
+        b"2024-05-14T10:00:00.1Z stderr F and its end \xc3\xa9 \xf0\x9f\x98\x80\n")
+
+
+def _pair(data: bytes, base: int = 0, max_line: int = 1 << 20) -> tuple[Any, list[dict[str, Any]]] | None:
+    """(block, the records cri_chunk makes of the same bytes), or None when both decline."""
+    assert speedups.cri_block is not None and speedups.cri_chunk is not None
+    last = data.rfind(b"\n")
+    stop = last if last >= 0 else len(data)
+    block = speedups.cri_block(data, stop, base, max_line, STREAMS)
+    chunk = speedups.cri_chunk(data, stop, base, max_line, STREAMS)
+    assert (block is None) == (chunk is None)
+    if block is None or chunk is None:
+        return None
+    assert block[1] == chunk[1]  # the same pieces
+    return block[0], chunk[0]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cri_file(), st.integers(0, 1 << 40), st.integers(60, 200))
+def test_a_block_holds_what_cri_chunk_makes(data: bytes, base: int, max_line: int) -> None:
+    got = _pair(data, base, max_line)
+    if got is not None:
+        block, records = got
+        assert len(block) == len(records)
+        assert block.records() == records
+
+
+def test_records_are_made_once_and_kept() -> None:
+    got = _pair(GOOD)
+    assert got is not None
+    block, records = got
+    first = block[0]
+    assert first is block[0] and first == records[0]
+    first["flags"] = ["seen"]  # set in place (the envelope stage flags records so)
+    assert block.records()[0] is first and block.records()[0]["flags"] == ["seen"]
+    assert block[-1] == records[-1]
+    with pytest.raises(IndexError):
+        block[len(records)]
+    with pytest.raises(TypeError):
+        del block[0]
+
+
+# an operation: ("set", i, record | None) puts a record right or sets it aside; ("get", i) reads one
+ops = st.lists(st.one_of(st.tuples(st.just("get"), st.integers(0, 40)),
+                         st.tuples(st.just("set"), st.integers(0, 40), st.none() | cri_records())), max_size=12)
+
+
+def _apply(block: Any, model: list[Any], steps: list[Any]) -> dict[int, list[dict[str, Any]]]:
+    more: dict[int, list[dict[str, Any]]] = {}
+    for step in steps:
+        if not model:
+            break
+        i = step[1] % len(model)
+        if step[0] == "get":
+            assert block[i] == model[i]
+        else:
+            block[i] = model[i] = step[2]
+            if step[2] is None and i % 3 == 0:
+                more[i] = [{"message": f"joined {i}", "offset": i}]
+    return more
+
+
+def _settled(model: list[Any], more: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for i, rec in enumerate(model):
+        if rec is not None:
+            out.append(rec)
+        else:
+            out.extend(more.get(i, ()))
+    return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cri_file(), ops, cri_file(), st.lists(cri_records(), max_size=3))
+def test_set_settle_and_extend_as_a_list_would(data: bytes, steps: list[Any], other: bytes,
+                                               given_records: list[dict[str, Any]]) -> None:
+    got = _pair(data, 100)
+    if got is None:
+        return
+    block, records = got
+    model: list[Any] = list(records)
+    more = _apply(block, model, steps)
+    assert block.settle(more or None) is block
+    expected = _settled(model, more)
+    assert block.records() == expected
+    second = _pair(other, 1 << 30)
+    if second is not None:
+        block.extend(second[0])
+        expected += second[1]
+    block.extend(given_records)
+    expected += given_records
+    assert len(block) == len(expected) and block.records() == expected
+
+
+KEYS = [("message", '{"logagent.sidecar":'), ("message", "é"), ("message", ""), ("message", "\ud800"),
+        ("message", "GET"), ("time", "2024-05-14T09"), ("time", "2024-05-14T10:00:00.1Z"), ("stream", "std"),
+        ("stream", "stderr"), ("offset", None), ("offset", "1"), ("flags", None), ("fragments", None),
+        ("nokey", None), ("lines", "x")]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cri_file(), ops, st.sampled_from(KEYS))
+def test_with_key_on_a_block_finds_what_it_finds_in_the_list(data: bytes, steps: list[Any],
+                                                              key: tuple[str, str | None]) -> None:
+    assert speedups.with_key is not None
+    got = _pair(data)
+    if got is None:
+        return
+    block, records = got
+    model: list[Any] = list(records)
+    more = _apply(block, model, steps)
+    block.settle(more or None)
+    expected = speedups.with_key(_settled(model, more), *key)
+    hits = speedups.with_key(block, *key)
+    assert hits == expected
+    # the hits are the block's own records: what a stage sets on them is shipped
+    kept = block.records()
+    assert all(any(h is r for r in kept) for h in hits)
+
+
+def test_with_key_not_vacuous() -> None:
+    assert speedups.with_key is not None
+    got = _pair(GOOD)
+    assert got is not None
+    block = got[0]
+    hits = speedups.with_key(block, "message", '{"logagent.sidecar":')
+    assert [h["offset"] for h in hits] == [GOOD.index(b"2024-05-14T09:59")]
+    assert speedups.with_key(block, "flags", None) == []
+    assert len(speedups.with_key(block, "stream", "stderr")) == 2
+
+
+def _items(rows: Any, date_hours: bool, middle: bytes | None) -> tuple[Any, list[str]]:
+    assert speedups.es_items is not None
+    calls: list[str] = []
+
+    def first(t: str) -> bytes:
+        calls.append(t)
+        return b'{"create":{"_index":"h-' + t[:13].encode() + b'"'
+    prefix: Any = first if date_hours else b'{"create":{}}\n{'
+    try:
+        return speedups.es_items(rows, prefix, middle, date_hours), calls
+    except Exception as e:  # both must fail alike
+        return type(e).__name__, calls
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cri_file(), ops, st.booleans(), st.sampled_from([None, b'"}}\n{"host":"n",']))
+def test_es_items_of_a_block_are_those_of_its_records(data: bytes, steps: list[Any], date_hours: bool,
+                                                     middle: bytes | None) -> None:
+    got = _pair(data, 4096)
+    if got is None:
+        return
+    block, records = got
+    model: list[Any] = list(records)
+    more = _apply(block, model, steps)
+    block.settle(more or None)
+    assert _items(block, date_hours, middle) == _items(_settled(model, more), date_hours, middle)
+
+
+def test_es_items_not_vacuous() -> None:
+    got = _pair(GOOD, 4096)
+    assert got is not None
+    block, records = got
+    items, calls = _items(block, True, b'"}}\n{')
+    assert items is not None and len(items) == 4 and items == _items(records, True, b'"}}\n{')[0]
+    assert calls == ["2024-05-14T09:12:03.123456789Z", "2024-05-14T10:00:00.1Z"]  # one call per hour
+    assert b'"message":"and its end \xc3\xa9 \xf0\x9f\x98\x80"' in items[3]
+
+
+def test_the_joiner_and_the_batch_keep_the_block() -> None:
+    """The file input's joiner answers a chunk with a block (pieces put right inside it); a batch holding it counts
+    and encodes its records without making them, and makes them when a stage asks for `records`."""
+    joiner = CriJoiner()
+    rows = joiner.feed_chunk(GOOD, len(GOOD) - 1, 0, 1 << 20)
+    assert rows is not None and not isinstance(rows, list)
+    assert [r["message"] for r in rows.records()] == ["GET /healthz 200", '{"logagent.sidecar":1} "q" \\ \x01',
+                                                      "a long line, and its end é 😀"]
+    python = CriJoiner(native=False).feed_chunk(GOOD, len(GOOD) - 1, 0, 1 << 20)
+    assert python is None  # (the lines path answers there)
+    meta = {"source_id": "file:abc", "pos_key": "offset", "path": "/p", "kubernetes": {"namespace": "shop"}}
+    fresh = joiner.feed_chunk(GOOD, len(GOOD) - 1, 0, 1 << 20)
+    assert fresh is not None
+    batch = Batch("kube", fresh, meta)
+    assert batch.count() == 3 and batch.block is fresh
+    native = _codec(True, {}).items(batch)
+    assert batch.block is fresh  # encoded in place
+    assert native == _codec(False, {}).items(Batch("kube", rows.records(), meta))
+    assert batch.records == rows.records() and batch.block is None
