@@ -494,10 +494,96 @@ static PyObject *block_es_items(CriBlock *b, es_t *s) {
     return out;
 }
 
+/* sls_logs over a block: a line's Log from its bytes (valid UTF-8), a record given from its dict */
+static PyObject *block_sls_logs(CriBlock *b, PyObject *shared, PyObject *pairs) {
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < b->n; i++) {
+        entry_t *x = &b->e[i];
+        PyObject *item = NULL;
+        int r;
+        if (x->kind & E_GONE)
+            continue;
+        if (x->kind & E_OVER) {
+            r = sls_record(PyList_GET_ITEM(b->over, x->start), shared, pairs, &item);
+        } else {
+            PyObject *sp = sls_stream(pairs, PyTuple_GET_ITEM(b->streams, (x->kind & E_OUT) ? 0 : 1));
+            if (sp == NULL)
+                r = PyErr_Occurred() ? -1 : 1;
+            else if (x->tns < 0)
+                r = 1;
+            else
+                r = sls_log(NULL, line_of(b, x) + x->tlen + 10, (Py_ssize_t)x->len - x->tlen - 10, x->tns, sp,
+                            shared, &item);
+        }
+        if (r != 0 || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(out);
+            if (r > 0)
+                Py_RETURN_NONE;
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    return out;
+}
+
+/* block.column(key): the values of one of the seven keys, record by record, as list(map(itemgetter(key), records))
+   gives them (KeyError: a record given lacks it; TypeError: one is not a dict) */
+static PyObject *block_column(CriBlock *b, PyObject *key) {
+    if (!PyUnicode_Check(key)) {
+        PyErr_SetString(PyExc_TypeError, "a column is named by a str");
+        return NULL;
+    }
+    int k = cri_key(key);
+    if (k < 0) {
+        PyErr_SetObject(PyExc_KeyError, key);
+        return NULL;
+    }
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < b->n; i++) {
+        entry_t *x = &b->e[i];
+        PyObject *v = NULL;
+        if (x->kind & E_GONE)
+            continue;
+        if (x->kind & E_OVER) {
+            PyObject *rec = PyList_GET_ITEM(b->over, x->start);
+            if (!PyDict_Check(rec)) {
+                PyErr_SetString(PyExc_TypeError, "a record is not a dict");
+            } else if ((v = PyDict_GetItemWithError(rec, key)) != NULL) {
+                Py_INCREF(v);
+            } else if (!PyErr_Occurred()) {
+                PyErr_SetObject(PyExc_KeyError, key);
+            }
+        } else {
+            const char *d = line_of(b, x);
+            switch (k) {
+            case F_MESSAGE: v = PyUnicode_DecodeUTF8(d + x->tlen + 10, (Py_ssize_t)x->len - x->tlen - 10, NULL); break;
+            case F_OFFSET: v = PyLong_FromLongLong(x->offset); break;
+            case F_TIME: v = PyUnicode_FromStringAndSize(d, x->tlen); break;
+            case F_TIME_NS: v = PyLong_FromLongLong(x->tns); break;
+            case F_STREAM: v = PyTuple_GET_ITEM(b->streams, (x->kind & E_OUT) ? 0 : 1); Py_INCREF(v); break;
+            default: v = one; Py_INCREF(v); break; /* fragments, lines */
+            }
+        }
+        if (v == NULL || PyList_Append(out, v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return out;
+}
+
 static PyMethodDef block_methods[] = {
     {"records", (PyCFunction)block_records, METH_NOARGS, "every record (made once, kept) as a list"},
     {"settle", (PyCFunction)block_settle, METH_O, "drop what was set aside, inserting more[i] where i was"},
     {"extend", (PyCFunction)block_extend, METH_O, "append another block's records, or a list of records"},
+    {"column", (PyCFunction)block_column, METH_O, "one key's values, record by record (no record made)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1031,68 +1031,92 @@ fail:
    `message` Content, the stream's Content from `stream_pairs`, Time_ns (fixed32). None when a record is not a
    7-key CRI record with a str message, an int time_ns >= 0 and a stream found in `stream_pairs`, or the message
    holds a surrogate. */
+/* One encoded Log as bytes: its message given as a str (msg, mlen its UTF-8 length, checked by utf8_len) or, msg
+   NULL, as the UTF-8 bytes m[0..mlen); t its nanoseconds (>= 0), sp its stream's Content. */
+static int sls_log(PyObject *msg, const char *m, Py_ssize_t mlen, long long t, PyObject *sp, PyObject *shared,
+                   PyObject **item) {
+    uint64_t secs = (uint64_t)(t / 1000000000LL);
+    uint32_t nanos = (uint32_t)(t % 1000000000LL);
+    Py_ssize_t kv = 10 + varint_len((uint64_t)mlen) + mlen;
+    Py_ssize_t body = 1 + varint_len(secs) + PyBytes_GET_SIZE(shared) + 1 + varint_len((uint64_t)kv) + kv +
+                      PyBytes_GET_SIZE(sp) + 5;
+    B.len = 0;
+    if (put_key_varint(0x0A, (uint64_t)body) < 0 || put_key_varint(0x08, secs) < 0 || put_bytes(shared) < 0 ||
+        put_key_varint(0x12, (uint64_t)kv) < 0 || put("\x0a\x07message\x12", 10) < 0 ||
+        put_varint((uint64_t)mlen) < 0 || (msg != NULL ? put_utf8(msg, mlen) : put(m, mlen)) < 0 ||
+        put_bytes(sp) < 0)
+        return -1;
+    char tail[5] = {0x25, (char)(nanos & 0xFF), (char)((nanos >> 8) & 0xFF), (char)((nanos >> 16) & 0xFF),
+                    (char)((nanos >> 24) & 0xFF)};
+    if (put(tail, 5) < 0)
+        return -1;
+    *item = PyBytes_FromStringAndSize(B.p, B.len);
+    return *item == NULL ? -1 : 0;
+}
+
+/* the stream's Content from `pairs` (borrowed): NULL declines (an error set: fails) */
+static PyObject *sls_stream(PyObject *pairs, PyObject *stream) {
+    PyObject *sp = PyUnicode_CheckExact(stream) ? PyDict_GetItemWithError(pairs, stream) : NULL;
+    return sp != NULL && PyBytes_CheckExact(sp) ? sp : NULL;
+}
+
+/* the Log of a record dict: 0 (*item set), 1 declined, -1 on an error (set) */
+static int sls_record(PyObject *rec, PyObject *shared, PyObject *pairs, PyObject **item) {
+    PyObject *v[F_COUNT];
+    int got = cri_fields(rec, v);
+    if (got <= 0)
+        return got < 0 ? -1 : 1;
+    PyObject *msg = v[F_MESSAGE], *tns = v[F_TIME_NS];
+    if (!PyUnicode_CheckExact(msg) || !PyLong_CheckExact(tns))
+        return 1;
+    PyObject *sp = sls_stream(pairs, v[F_STREAM]);
+    if (sp == NULL)
+        return PyErr_Occurred() ? -1 : 1;
+    int overflow = 0;
+    long long t = PyLong_AsLongLongAndOverflow(tns, &overflow);
+    if (overflow || t < 0) {
+        PyErr_Clear();
+        return 1;
+    }
+    Py_ssize_t mlen = utf8_len(msg);
+    if (mlen < 0)
+        return 1;
+    return sls_log(msg, NULL, mlen, t, sp, shared, item);
+}
+
+static PyObject *block_sls_logs(CriBlock *b, PyObject *shared, PyObject *pairs);
+
 static PyObject *sls_logs(PyObject *self, PyObject *args) {
     PyObject *records, *shared, *pairs;
-    if (!PyArg_ParseTuple(args, "O!O!O!", &PyList_Type, &records, &PyBytes_Type, &shared, &PyDict_Type, &pairs))
+    if (!PyArg_ParseTuple(args, "OO!O!", &records, &PyBytes_Type, &shared, &PyDict_Type, &pairs))
         return NULL;
+    if (CriBlock_Check(records)) {
+        PyObject *out = block_sls_logs((CriBlock *)records, shared, pairs);
+        release_buffer();
+        return out;
+    }
+    if (!PyList_Check(records)) {
+        PyErr_SetString(PyExc_TypeError, "records must be a list or a CriBlock");
+        return NULL;
+    }
     Py_ssize_t n = PyList_GET_SIZE(records);
     PyObject *out = PyList_New(n);
     if (out == NULL)
         return NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *rec = PyList_GET_ITEM(records, i);
-        PyObject *v[F_COUNT];
-        int got = cri_fields(rec, v);
-        if (got < 0)
-            goto fail;
-        if (got == 0)
-            goto decline;
-        PyObject *msg = v[F_MESSAGE], *stream = v[F_STREAM], *tns = v[F_TIME_NS];
-        if (!PyUnicode_CheckExact(msg) || !PyLong_CheckExact(tns))
-            goto decline;
-        PyObject *sp = PyUnicode_CheckExact(stream) ? PyDict_GetItemWithError(pairs, stream) : NULL;
-        if (PyErr_Occurred())
-            goto fail;
-        if (sp == NULL || !PyBytes_CheckExact(sp))
-            goto decline;
-        int overflow = 0;
-        long long t = PyLong_AsLongLongAndOverflow(tns, &overflow);
-        if (overflow || t < 0) {
-            PyErr_Clear();
-            goto decline;
+        PyObject *item = NULL;
+        int r = sls_record(PyList_GET_ITEM(records, i), shared, pairs, &item);
+        if (r != 0) {
+            release_buffer();
+            Py_DECREF(out);
+            if (r > 0)
+                Py_RETURN_NONE;
+            return NULL;
         }
-        uint64_t secs = (uint64_t)(t / 1000000000LL);
-        uint32_t nanos = (uint32_t)(t % 1000000000LL);
-        Py_ssize_t mlen = utf8_len(msg);
-        if (mlen < 0)
-            goto decline;
-        Py_ssize_t kv = 10 + varint_len((uint64_t)mlen) + mlen;
-        Py_ssize_t body = 1 + varint_len(secs) + PyBytes_GET_SIZE(shared) + 1 + varint_len((uint64_t)kv) + kv +
-                          PyBytes_GET_SIZE(sp) + 5;
-        B.len = 0;
-        if (put_key_varint(0x0A, (uint64_t)body) < 0 || put_key_varint(0x08, secs) < 0 || put_bytes(shared) < 0 ||
-            put_key_varint(0x12, (uint64_t)kv) < 0 || put("\x0a\x07message\x12", 10) < 0 ||
-            put_varint((uint64_t)mlen) < 0 || put_utf8(msg, mlen) < 0 || put_bytes(sp) < 0)
-            goto fail;
-        char tail[5] = {0x25, (char)(nanos & 0xFF), (char)((nanos >> 8) & 0xFF), (char)((nanos >> 16) & 0xFF),
-                        (char)((nanos >> 24) & 0xFF)};
-        if (put(tail, 5) < 0)
-            goto fail;
-        PyObject *item = PyBytes_FromStringAndSize(B.p, B.len);
-        if (item == NULL)
-            goto fail;
         PyList_SET_ITEM(out, i, item);
     }
     release_buffer();
     return out;
-decline:
-    release_buffer();
-    Py_DECREF(out);
-    Py_RETURN_NONE;
-fail:
-    release_buffer();
-    Py_DECREF(out);
-    return NULL;
 }
 
 /* ---------------------------------------------------------------------------------------------------------- */

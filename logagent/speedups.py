@@ -22,7 +22,7 @@ WithKey = Callable[["list[dict[str, Any]] | CriBlock", str, str | None], list[di
 EsItems = Callable[["list[dict[str, Any]] | CriBlock", bytes | Callable[[str], bytes], bytes | None, bool],
                    list[bytes] | None]
 LokiEntries = Callable[[list[tuple[str, int, str, tuple[tuple[str, str], ...]]]], bytes | None]
-SlsLogs = Callable[[list[dict[str, Any]], bytes, dict[str, bytes]], list[bytes] | None]
+SlsLogs = Callable[["list[dict[str, Any]] | CriBlock", bytes, dict[str, bytes]], list[bytes] | None]
 cri_records: CriRecords | None
 cri_chunk: CriChunk | None
 cri_block: CriBlockOf | None

@@ -268,14 +268,15 @@ class SlsPutLogs:
     def _uniform_logs(self, batch: Batch, shared: bytes) -> list[bytes] | None:
         """The common batch (lean shape, every record with exactly the CRI parser's keys): `message` and
         `stream` per record, the rest encoded once; the same bytes as the per-record path. None otherwise."""
-        records = batch.records
         if not _UNIFORM_DROPPED <= self.drop:
             return None
         if self._native is not None and _UNIFORM_OWN.isdisjoint(batch.meta):
             # the accelerator (`logagent.speedups`): the same bytes, or None for a batch it leaves to the loop below
-            logs = self._native(records, shared, self._stream_pairs)
+            # (a block is encoded from its bytes: no record dict is made)
+            logs = self._native(batch.rows, shared, self._stream_pairs)
             if logs is not None:
                 return logs
+        records = batch.records
         if set(map(len, records)) != _UNIFORM_LEN:
             return None
         try:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from logagent import speedups
 from logagent.parsers.cri import STREAMS, CriJoiner
 from logagent.record import Batch
-from tests.test_speedups import _codec, cri_file, cri_records
+from tests.test_speedups import _codec, _loki, _parts, _sls, cri_file, cri_records
 
 pytestmark = pytest.mark.skipif(None in (speedups.cri_block, speedups.cri_chunk, speedups.with_key,
                                         speedups.es_items),
@@ -85,7 +85,8 @@ def _apply(block: Any, model: list[Any], steps: list[Any]) -> dict[int, list[dic
         else:
             block[i] = model[i] = step[2]
             if step[2] is None and i % 3 == 0:
-                more[i] = [{"message": f"joined {i}", "offset": i}]
+                more[i] = [{"message": f"joined {i}", "offset": i, "time": "2024-05-14T09:12:03Z",
+                            "time_ns": 1715677923000000000, "stream": "stderr", "fragments": 2, "lines": 1}]
     return more
 
 
@@ -196,6 +197,57 @@ def test_es_items_not_vacuous() -> None:
     assert b'"message":"and its end \xc3\xa9 \xf0\x9f\x98\x80"' in items[3]
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cri_file(), ops, st.sampled_from([{"stdout": b"\x12\x0a\x06stream\x12\x06stdout", "stderr": b"\x12\x01e"},
+                                         {"stdout": b"\x12\x00"}, {}]))
+def test_sls_logs_of_a_block_are_those_of_its_records(data: bytes, steps: list[Any], pairs: dict[str, bytes]) -> None:
+    assert speedups.sls_logs is not None
+    got = _pair(data, 4096)
+    if got is None:
+        return
+    block, records = got
+    model: list[Any] = list(records)
+    more = _apply(block, model, steps)
+    block.settle(more or None)
+    shared = b"\x12\x0c\x0a\x04host\x12\x04node"
+    assert speedups.sls_logs(block, shared, pairs) == speedups.sls_logs(_settled(model, more), shared, pairs)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cri_file(), ops, st.sampled_from(["message", "offset", "time", "time_ns", "stream", "fragments", "lines",
+                                         "flags"]))
+def test_a_column_is_the_records_values(data: bytes, steps: list[Any], key: str) -> None:
+    got = _pair(data, 77)
+    if got is None:
+        return
+    block, records = got
+    model: list[Any] = list(records)
+    more = _apply(block, model, steps)
+    block.settle(more or None)
+    settled = _settled(model, more)
+    try:
+        expected: Any = [r[key] for r in settled]
+    except KeyError:
+        expected = KeyError
+    try:
+        column: Any = block.column(key)
+    except KeyError:
+        column = KeyError
+    assert column == expected
+
+
+def test_sls_and_columns_not_vacuous() -> None:
+    assert speedups.sls_logs is not None
+    got = _pair(GOOD, 4096)
+    assert got is not None
+    block, records = got
+    pairs = {"stdout": b"\x12\x01o", "stderr": b"\x12\x01e"}
+    logs = speedups.sls_logs(block, b"", pairs)
+    assert logs is not None and len(logs) == 4 and logs == speedups.sls_logs(records, b"", pairs)
+    assert block.column("message")[3] == "and its end é 😀"
+    assert block.column("time_ns") == [r["time_ns"] for r in records]
+
+
 def test_the_joiner_and_the_batch_keep_the_block() -> None:
     """The file input's joiner answers a chunk with a block (pieces put right inside it); a batch holding it counts
     and encodes its records without making them, and makes them when a stage asks for `records`."""
@@ -215,3 +267,28 @@ def test_the_joiner_and_the_batch_keep_the_block() -> None:
     assert batch.block is fresh  # encoded in place
     assert native == _codec(False, {}).items(Batch("kube", rows.records(), meta))
     assert batch.records == rows.records() and batch.block is None
+
+
+CODECS = [("es", {}), ("es", {"index": "logs-%Y.%m.%d.%H"}), ("es", {"document_ids": False}), ("loki", {}),
+          ("loki", {"max_line_size": 64}), ("loki", {"labels": {"stream": "{stream}"}}), ("sls", {}),
+          ("sls", {"fields": ["offset"]})]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cri_file(), ops, st.sampled_from(CODECS))
+def test_outputs_ship_a_block_as_its_records(data: bytes, steps: list[Any], codec: tuple[str, dict[str, Any]]) -> None:
+    """Each backend's codec gives the same parts for a batch holding a block as for the batch of its records."""
+    got = _pair(data, 4096)
+    if got is None:
+        return
+    block, records = got
+    model: list[Any] = list(records)
+    more = _apply(block, model, steps)
+    block.settle(more or None)
+    meta = {"source_id": "file:abc", "pos_key": "offset", "path": "/var/log/containers/web.log",
+            "kubernetes": {"namespace": "shop", "pod": "web-0", "container": "main"}}
+    kind, settings_ = codec
+    make: Any = {"es": lambda: _codec(True, settings_), "loki": lambda: _loki(True, settings_),
+                 "sls": lambda: _sls(True, settings_)}[kind]
+    assert _parts(make(), Batch("kube", block, dict(meta), flagged=0)) == _parts(
+        make(), Batch("kube", _settled(model, more), dict(meta), flagged=0))
