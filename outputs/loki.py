@@ -155,14 +155,16 @@ def push_body(streams: dict[str, list[Item]], native: bool = True) -> bytes:
     as the generated classes give."""
     fast = speedups.loki_entries if native else None
     if fast is not None:
-        out = []
+        out: list[bytes] = []
         for labels, entries in streams.items():
             encoded = fast(entries)
             if encoded is None or not labels.isascii():  # (a label string is ASCII once sanitised)
                 break
             lb = labels.encode()
-            body = (b"\x0a" + varint(len(lb)) + lb if lb else b"") + encoded
-            out.append(b"\x0a" + varint(len(body)) + body)
+            head = b"\x0a" + varint(len(lb)) + lb if lb else b""
+            # the stream's pieces are joined once, with the others: the entries (most of the body) are copied
+            # into the request and nowhere else
+            out += (b"\x0a", varint(len(head) + len(encoded)), head, encoded)
         else:
             return b"".join(out)
     # the generated classes (protobuf's runtime, ~3 MB resident) are loaded only when the accelerator is missing

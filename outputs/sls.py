@@ -300,7 +300,8 @@ class SlsPutLogs:
         return out
 
     def encode(self, key: str, items: list[bytes]) -> Encoded:
-        raw = b"".join(items) + (_ld(0x1A, key.encode()) if key else b"") + self.group_tail_static
+        # one copy of the items (the raw body is as large as they are): the LogGroup's tail joined in with them
+        raw = b"".join([*items, _ld(0x1A, key.encode()) if key else b"", self.group_tail_static])
         body = compress("lz4", raw)
         import email.utils  # this, hashlib and hmac at the first request, not with the config (idle RSS, issue 11)
         import hashlib
