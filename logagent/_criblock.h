@@ -102,6 +102,11 @@ static inline const char *line_of(CriBlock *b, const entry_t *x) {
     return PyBytes_AS_STRING(PyList_GET_ITEM(b->bufs, x->buf)) + x->start;
 }
 
+/* a line's stream name */
+static PyObject *stream_of(CriBlock *b, const entry_t *x) {
+    return PyTuple_GET_ITEM(b->streams, (x->kind & E_OUT) ? 0 : 1);
+}
+
 /* entry i's record (a new reference; None when set aside), made and kept the first time */
 static PyObject *block_get(CriBlock *b, Py_ssize_t i) {
     entry_t *x = &b->e[i];
@@ -349,8 +354,7 @@ static PyObject *block_with_key(CriBlock *b, PyObject *key, PyObject *prefix) {
         } else if (k == F_TIME) {
             hit = x->tlen >= pn && memcmp(line_of(b, x), pb, (size_t)pn) == 0;
         } else if (k == F_STREAM) {
-            PyObject *s = PyTuple_GET_ITEM(b->streams, (x->kind & E_OUT) ? 0 : 1);
-            hit = (int)PyUnicode_Tailmatch(s, prefix, 0, PY_SSIZE_T_MAX, -1);
+            hit = (int)PyUnicode_Tailmatch(stream_of(b, x), prefix, 0, PY_SSIZE_T_MAX, -1);
         } else {
             hit = 0; /* an int value never has a prefix */
         }
@@ -455,8 +459,12 @@ static int es_line_item(es_t *s, const char *d, const entry_t *x, PyObject *stre
     return es_finish(item);
 }
 
-/* es_items over a block: a line's item from its bytes, a record given from its dict */
-static PyObject *block_es_items(CriBlock *b, es_t *s) {
+/* The items of a block, one per record: a line's by `line` (from its bytes), a record given by `record` (from
+   its dict); each answers 0 (*item set), 1 (declined: the whole block is, None) or -1 (an error, set). */
+typedef int (*line_item_fn)(void *ctx, CriBlock *b, Py_ssize_t i, PyObject **item);
+typedef int (*record_item_fn)(void *ctx, PyObject *rec, PyObject **item);
+
+static PyObject *block_items(CriBlock *b, void *ctx, line_item_fn line, record_item_fn record) {
     PyObject *out = PyList_New(0);
     if (out == NULL)
         return NULL;
@@ -469,18 +477,10 @@ static PyObject *block_es_items(CriBlock *b, es_t *s) {
         if (x->kind & E_OVER) {
             PyObject *rec = PyList_GET_ITEM(b->over, x->start);
             Py_INCREF(rec);
-            r = es_record_item(s, rec, &item);
+            r = record(ctx, rec, &item);
             Py_DECREF(rec);
         } else {
-            const char *d = line_of(b, x);
-            Py_ssize_t n = b->n;
-            entry_t *e0 = b->e;
-            uint8_t kind = x->kind;
-            r = es_hour_bytes(s, d, x->tlen);
-            if (r == 0 && (b->n != n || b->e != e0 || x->kind != kind))
-                r = 1; /* the callback changed the block: not ours to reason about */
-            if (r == 0)
-                r = es_line_item(s, d, x, PyTuple_GET_ITEM(b->streams, (x->kind & E_OUT) ? 0 : 1), &item);
+            r = line(ctx, b, i, &item);
         }
         if (r != 0 || PyList_Append(out, item) < 0) {
             Py_XDECREF(item);
@@ -494,39 +494,48 @@ static PyObject *block_es_items(CriBlock *b, es_t *s) {
     return out;
 }
 
+static int es_block_line(void *ctx, CriBlock *b, Py_ssize_t i, PyObject **item) {
+    es_t *s = ctx;
+    entry_t *x = &b->e[i];
+    const char *d = line_of(b, x);
+    Py_ssize_t n = b->n;
+    entry_t *e0 = b->e;
+    uint8_t kind = x->kind;
+    int r = es_hour_bytes(s, d, x->tlen);
+    if (r == 0 && (b->n != n || b->e != e0 || x->kind != kind))
+        r = 1; /* the callback changed the block: not ours to reason about */
+    return r != 0 ? r : es_line_item(s, d, x, stream_of(b, x), item);
+}
+
+static int es_block_record(void *ctx, PyObject *rec, PyObject **item) { return es_record_item(ctx, rec, item); }
+
+static PyObject *block_es_items(CriBlock *b, es_t *s) { return block_items(b, s, es_block_line, es_block_record); }
+
+typedef struct {
+    PyObject *shared, *pairs;
+} sls_t;
+
+static int sls_block_line(void *ctx, CriBlock *b, Py_ssize_t i, PyObject **item) {
+    sls_t *c = ctx;
+    entry_t *x = &b->e[i];
+    PyObject *sp = sls_stream(c->pairs, stream_of(b, x));
+    if (sp == NULL)
+        return PyErr_Occurred() ? -1 : 1;
+    if (x->tns < 0)
+        return 1;
+    return sls_log(NULL, line_of(b, x) + x->tlen + 10, (Py_ssize_t)x->len - x->tlen - 10, x->tns, sp, c->shared,
+                   item);
+}
+
+static int sls_block_record(void *ctx, PyObject *rec, PyObject **item) {
+    sls_t *c = ctx;
+    return sls_record(rec, c->shared, c->pairs, item);
+}
+
 /* sls_logs over a block: a line's Log from its bytes (valid UTF-8), a record given from its dict */
 static PyObject *block_sls_logs(CriBlock *b, PyObject *shared, PyObject *pairs) {
-    PyObject *out = PyList_New(0);
-    if (out == NULL)
-        return NULL;
-    for (Py_ssize_t i = 0; i < b->n; i++) {
-        entry_t *x = &b->e[i];
-        PyObject *item = NULL;
-        int r;
-        if (x->kind & E_GONE)
-            continue;
-        if (x->kind & E_OVER) {
-            r = sls_record(PyList_GET_ITEM(b->over, x->start), shared, pairs, &item);
-        } else {
-            PyObject *sp = sls_stream(pairs, PyTuple_GET_ITEM(b->streams, (x->kind & E_OUT) ? 0 : 1));
-            if (sp == NULL)
-                r = PyErr_Occurred() ? -1 : 1;
-            else if (x->tns < 0)
-                r = 1;
-            else
-                r = sls_log(NULL, line_of(b, x) + x->tlen + 10, (Py_ssize_t)x->len - x->tlen - 10, x->tns, sp,
-                            shared, &item);
-        }
-        if (r != 0 || PyList_Append(out, item) < 0) {
-            Py_XDECREF(item);
-            Py_DECREF(out);
-            if (r > 0)
-                Py_RETURN_NONE;
-            return NULL;
-        }
-        Py_DECREF(item);
-    }
-    return out;
+    sls_t c = {shared, pairs};
+    return block_items(b, &c, sls_block_line, sls_block_record);
 }
 
 /* block.column(key): the values of one of the seven keys, record by record, as list(map(itemgetter(key), records))
@@ -565,7 +574,7 @@ static PyObject *block_column(CriBlock *b, PyObject *key) {
             case F_OFFSET: v = PyLong_FromLongLong(x->offset); break;
             case F_TIME: v = PyUnicode_FromStringAndSize(d, x->tlen); break;
             case F_TIME_NS: v = PyLong_FromLongLong(x->tns); break;
-            case F_STREAM: v = PyTuple_GET_ITEM(b->streams, (x->kind & E_OUT) ? 0 : 1); Py_INCREF(v); break;
+            case F_STREAM: v = stream_of(b, x); Py_INCREF(v); break;
             default: v = one; Py_INCREF(v); break; /* fragments, lines */
             }
         }

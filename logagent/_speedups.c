@@ -528,8 +528,8 @@ static char *escape_run(char *o, const Py_UCS1 *d, Py_ssize_t n) {
         const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), ctl = _mm_set1_epi8(0x1f);
         while (j + 16 <= n) {
             __m128i v = _mm_loadu_si128((const __m128i *)(d + j));
-            int mask = _mm_movemask_epi8(_mm_or_si128(
-                _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)), _mm_cmpeq_epi8(_mm_min_epu8(v, ctl), v)));
+            int mask = _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)),
+                                                      _mm_cmpeq_epi8(_mm_min_epu8(v, ctl), v)));
             if (mask) {
                 j += __builtin_ctz((unsigned)mask);
                 break;
@@ -539,8 +539,9 @@ static char *escape_run(char *o, const Py_UCS1 *d, Py_ssize_t n) {
         if (j < n && n >= 16 && j + 16 > n) {
             /* the last bytes (fewer than 16): the string's last sixteen, those before j shifted out */
             __m128i v = _mm_loadu_si128((const __m128i *)(d + n - 16));
-            unsigned mask = (unsigned)_mm_movemask_epi8(_mm_or_si128(
-                _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)), _mm_cmpeq_epi8(_mm_min_epu8(v, ctl), v)));
+            unsigned mask = (unsigned)_mm_movemask_epi8(
+                _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)),
+                             _mm_cmpeq_epi8(_mm_min_epu8(v, ctl), v)));
             mask >>= (unsigned)(j - (n - 16));
             j = mask ? j + __builtin_ctz(mask) : n;
         }

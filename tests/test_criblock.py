@@ -100,18 +100,28 @@ def _settled(model: list[Any], more: dict[int, list[dict[str, Any]]]) -> list[di
     return out
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cri_file(), ops, cri_file(), st.lists(cri_records(), max_size=3))
-def test_set_settle_and_extend_as_a_list_would(data: bytes, steps: list[Any], other: bytes,
-                                               given_records: list[dict[str, Any]]) -> None:
-    got = _pair(data, 100)
+def _worked(data: bytes, base: int, steps: list[Any]) -> tuple[Any, list[dict[str, Any]]] | None:
+    """A block of `data` with `steps` applied and settled, and the list of records the same steps leave (None when
+    cri_block and cri_chunk both decline the bytes)."""
+    got = _pair(data, base)
     if got is None:
-        return
+        return None
     block, records = got
     model: list[Any] = list(records)
     more = _apply(block, model, steps)
     assert block.settle(more or None) is block
-    expected = _settled(model, more)
+    return block, _settled(model, more)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cri_file(), ops, cri_file(), st.lists(cri_records(), max_size=3))
+def test_set_settle_and_extend_as_a_list_would(data: bytes, steps: list[Any], other: bytes,
+                                               given_records: list[dict[str, Any]]) -> None:
+    worked = _worked(data, 100, steps)
+    if worked is None:
+        return
+    block, settled = worked
+    expected = settled
     assert block.records() == expected
     second = _pair(other, 1 << 30)
     if second is not None:
@@ -133,14 +143,11 @@ KEYS = [("message", '{"logagent.sidecar":'), ("message", "é"), ("message", ""),
 def test_with_key_on_a_block_finds_what_it_finds_in_the_list(data: bytes, steps: list[Any],
                                                               key: tuple[str, str | None]) -> None:
     assert speedups.with_key is not None
-    got = _pair(data)
-    if got is None:
+    worked = _worked(data, 0, steps)
+    if worked is None:
         return
-    block, records = got
-    model: list[Any] = list(records)
-    more = _apply(block, model, steps)
-    block.settle(more or None)
-    expected = speedups.with_key(_settled(model, more), *key)
+    block, settled = worked
+    expected = speedups.with_key(settled, *key)
     hits = speedups.with_key(block, *key)
     assert hits == expected
     # the hits are the block's own records: what a stage sets on them is shipped
@@ -177,14 +184,11 @@ def _items(rows: Any, date_hours: bool, middle: bytes | None) -> tuple[Any, list
 @given(cri_file(), ops, st.booleans(), st.sampled_from([None, b'"}}\n{"host":"n",']))
 def test_es_items_of_a_block_are_those_of_its_records(data: bytes, steps: list[Any], date_hours: bool,
                                                      middle: bytes | None) -> None:
-    got = _pair(data, 4096)
-    if got is None:
+    worked = _worked(data, 4096, steps)
+    if worked is None:
         return
-    block, records = got
-    model: list[Any] = list(records)
-    more = _apply(block, model, steps)
-    block.settle(more or None)
-    assert _items(block, date_hours, middle) == _items(_settled(model, more), date_hours, middle)
+    block, settled = worked
+    assert _items(block, date_hours, middle) == _items(settled, date_hours, middle)
 
 
 def test_es_items_not_vacuous() -> None:
@@ -202,29 +206,22 @@ def test_es_items_not_vacuous() -> None:
                                          {"stdout": b"\x12\x00"}, {}]))
 def test_sls_logs_of_a_block_are_those_of_its_records(data: bytes, steps: list[Any], pairs: dict[str, bytes]) -> None:
     assert speedups.sls_logs is not None
-    got = _pair(data, 4096)
-    if got is None:
+    worked = _worked(data, 4096, steps)
+    if worked is None:
         return
-    block, records = got
-    model: list[Any] = list(records)
-    more = _apply(block, model, steps)
-    block.settle(more or None)
+    block, settled = worked
     shared = b"\x12\x0c\x0a\x04host\x12\x04node"
-    assert speedups.sls_logs(block, shared, pairs) == speedups.sls_logs(_settled(model, more), shared, pairs)
+    assert speedups.sls_logs(block, shared, pairs) == speedups.sls_logs(settled, shared, pairs)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cri_file(), ops, st.sampled_from(["message", "offset", "time", "time_ns", "stream", "fragments", "lines",
                                          "flags"]))
 def test_a_column_is_the_records_values(data: bytes, steps: list[Any], key: str) -> None:
-    got = _pair(data, 77)
-    if got is None:
+    worked = _worked(data, 77, steps)
+    if worked is None:
         return
-    block, records = got
-    model: list[Any] = list(records)
-    more = _apply(block, model, steps)
-    block.settle(more or None)
-    settled = _settled(model, more)
+    block, settled = worked
     try:
         expected: Any = [r[key] for r in settled]
     except KeyError:
@@ -278,17 +275,14 @@ CODECS = [("es", {}), ("es", {"index": "logs-%Y.%m.%d.%H"}), ("es", {"document_i
 @given(cri_file(), ops, st.sampled_from(CODECS))
 def test_outputs_ship_a_block_as_its_records(data: bytes, steps: list[Any], codec: tuple[str, dict[str, Any]]) -> None:
     """Each backend's codec gives the same parts for a batch holding a block as for the batch of its records."""
-    got = _pair(data, 4096)
-    if got is None:
+    worked = _worked(data, 4096, steps)
+    if worked is None:
         return
-    block, records = got
-    model: list[Any] = list(records)
-    more = _apply(block, model, steps)
-    block.settle(more or None)
+    block, settled = worked
     meta = {"source_id": "file:abc", "pos_key": "offset", "path": "/var/log/containers/web.log",
             "kubernetes": {"namespace": "shop", "pod": "web-0", "container": "main"}}
     kind, settings_ = codec
     make: Any = {"es": lambda: _codec(True, settings_), "loki": lambda: _loki(True, settings_),
                  "sls": lambda: _sls(True, settings_)}[kind]
     assert _parts(make(), Batch("kube", block, dict(meta), flagged=0)) == _parts(
-        make(), Batch("kube", _settled(model, more), dict(meta), flagged=0))
+        make(), Batch("kube", settled, dict(meta), flagged=0))
