@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import os
 import sys
@@ -20,23 +19,36 @@ PLUGIN_COMMANDS = {
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from logagent import selflog
-    from logagent.config import ConfigError, load_config
-    from logagent.http import ListenError
-    from logagent.pipeline import run_agent
+    from logagent import selflog, tls
+    from logagent.config import ConfigError, read_config
 
     try:
-        cfg = load_config(args.config)
+        cfg = read_config(args.config, aside=True)  # PyYAML is imported by a child, not by the agent
+        # Before anything imports asyncio: without a TLS stack when nothing in the config can need one
+        tls_uses = tls.uses(cfg)
+        if not tls_uses:
+            tls.disable()
+        from logagent import registry
+
+        registry.validate(cfg)
     except ConfigError as e:
         print(f"logagent: config error: {e}", file=sys.stderr)
         return 2
     selflog.setup(cfg.log_level)
-    try:
-        import uvloop
+    import asyncio
 
-        runner: Any = uvloop.run
-    except ImportError:
-        runner = asyncio.run
+    from logagent.hotreload import restart_requested
+    from logagent.http import ListenError
+    from logagent.pipeline import run_agent
+
+    runner: Any = asyncio.run
+    if tls_uses:
+        try:  # a faster event loop; it needs ssl loaded (its module init reads ssl.SSLContext)
+            import uvloop
+
+            runner = uvloop.run
+        except ImportError:
+            pass
     from logagent import allocator
 
     allocator.tune()
@@ -44,13 +56,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from logagent.checkpoint import StateDirError
 
     try:
-        return int(runner(run_agent(cfg)))
+        code = int(runner(run_agent(cfg)))
     except ListenError as e:
         print(f"logagent: cannot start: {cfg.file}: {e}", file=sys.stderr)
         return 1
     except StateDirError as e:  # full disk, read-only or unwritable state dir: one line, no traceback
         print(f"logagent: {e}", file=sys.stderr)
         return 1
+    env = restart_requested()
+    if env is not None and code == 0:
+        _exec_self(env)
+    return code
+
+
+def _exec_self(env: dict[str, str]) -> None:
+    """Run this command again in this process (same pid, same arguments, `env` added): the pipeline has stopped
+    and its checkpoints are written (logagent.hotreload: a reload that needs TLS in a process without it)."""
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, sys.orig_argv, {**os.environ, **env})
 
 
 def _tune_gc() -> None:

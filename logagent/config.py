@@ -10,14 +10,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from logagent.section import ConfigError as ConfigError
 from logagent.section import Section as Section
 from logagent.section import parse_duration as parse_duration
 from logagent.section import parse_size as parse_size
+
+if TYPE_CHECKING:
+    import yaml
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class ComponentConfig:
 
     def fingerprint(self) -> str:
         """Identity for hot reload: same fingerprint means the component can keep running."""
+        import yaml
+
         return yaml.safe_dump(
             {"kind": self.kind, "type": self.type, "name": self.name, "match": list(self.match),
              "settings": self.section.data},
@@ -138,6 +141,8 @@ def parse_config(data: Any, file: str) -> AgentConfig:
 
 
 def load_yaml(text: str, file: str) -> Any:
+    import yaml
+
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -145,6 +150,47 @@ def load_yaml(text: str, file: str) -> Any:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(f"{file}: {where}invalid YAML: {problem}{_flow_hint(text, e)}") from None
+
+
+def load_yaml_aside(text: str, file: str) -> Any:
+    """`load_yaml` in a forked child that sends the document back (marshal): the calling process never imports
+    PyYAML, ~1 MB resident in an agent once imported, and not given back if unloaded (idle RSS, issue 11). Only
+    for a process with no other thread yet (`logagent run` before it starts any); with threads, or when the
+    document holds what marshal cannot carry (a YAML timestamp becomes a date) or the child fails, the document is
+    parsed here."""
+    import marshal
+    import threading
+
+    if threading.active_count() > 1 or not hasattr(os, "fork"):
+        return load_yaml(text, file)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: parse, send, and leave without running any exit handler of the parent's
+        status = 1
+        try:
+            os.close(r)
+            try:
+                answer: tuple[str, Any] = ("ok", load_yaml(text, file))
+            except ConfigError as e:
+                answer = ("error", str(e))
+            with os.fdopen(w, "wb") as out:
+                out.write(marshal.dumps(answer))
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(w)
+    with os.fdopen(r, "rb") as pipe:
+        payload = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    try:
+        kind, value = marshal.loads(payload) if status == 0 else ("", None)
+    except (EOFError, ValueError, TypeError):
+        kind, value = "", None
+    if kind == "ok":
+        return value
+    if kind == "error":
+        raise ConfigError(value)
+    return load_yaml(text, file)
 
 
 def _flow_hint(text: str, e: yaml.YAMLError) -> str:
@@ -170,6 +216,18 @@ def _writable_dir(path: str) -> bool:
 
 def load_config(path: str | None) -> AgentConfig:
     """Load and fully validate a config file (or the embedded default when path is None)."""
+    cfg = read_config(path)
+    from logagent import registry
+
+    registry.validate(cfg)
+    return cfg
+
+
+def read_config(path: str | None, aside: bool = False) -> AgentConfig:
+    """Load a config file (or the embedded default) and check its document; the components' own settings are
+    checked by `registry.validate` (`load_config` does both). This part imports no component (nor asyncio):
+    `logagent run` decides in between whether the process needs TLS (logagent.tls). `aside`: the YAML is parsed
+    in a child process (`load_yaml_aside`)."""
     if path is None:
         from importlib import resources  # (and its tempfile, zipfile...) only for the embedded default
 
@@ -186,8 +244,4 @@ def load_config(path: str | None) -> AgentConfig:
         except OSError as e:
             raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
         file = path
-    cfg = parse_config(load_yaml(text, file), file)
-    from logagent import registry
-
-    registry.validate(cfg)
-    return cfg
+    return parse_config((load_yaml_aside if aside else load_yaml)(text, file), file)

@@ -8,6 +8,12 @@ are started first (a failing start rejects the reload with nothing changed); the
 switches to the new outputs and stages; the replaced outputs get no new batches, are drained and stopped. A
 changed input is stopped and its replacement starts only once every batch it emitted is acknowledged, so it
 resumes from exactly the committed position: no record is lost or read twice.
+
+A config that needs TLS, in an agent started without it (logagent.tls: asyncio was imported without ssl), cannot
+be applied in place: once it is validated (as at start-up, CA and certificate files included) the agent restarts
+in place instead. It stops as on SIGTERM (inputs stop, in-flight batches are delivered within the grace period,
+positions are written), then `logagent.cli` executes it again, same pid and arguments, and the new process reports
+the reload's generation once its pipeline started. A SIGTERM/SIGINT meanwhile cancels the restart: the agent exits.
 """
 
 from __future__ import annotations
@@ -15,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
+import signal
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
-from logagent import metrics
+from logagent import metrics, tls
 from logagent.supervisor import RUNNING
 
 if TYPE_CHECKING:
@@ -29,6 +37,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("logagent.pipeline")
 
 _RESTART_ONLY = ("state_dir", "dead_letter_path", "limits", "checkpoint_interval")
+RESTART_ENV = "LOGAGENT_RESTART_GENERATION"  # set for the process executed by a restart: the reload it applies
+_restart: dict[str, str] | None = None  # what `restart_requested` hands to the command line
+
+
+def restart_requested() -> dict[str, str] | None:
+    """After the pipeline stopped: the environment to execute the agent again with, if a reload asked for it."""
+    return _restart
 
 
 class Reloader:
@@ -37,6 +52,8 @@ class Reloader:
         self.task: asyncio.Task[None] | None = None
         self.again = False
         self.generation = 0
+        self.restarting = False
+        self._restarted = os.environ.pop(RESTART_ENV, None)
 
     def request(self) -> None:
         p = self.p
@@ -69,9 +86,27 @@ class Reloader:
             if not self.again or self.p.stopping:
                 return
 
+    def started(self) -> None:
+        """The pipeline is running. In a process a restart executed: the reload that caused it is applied now."""
+        from logagent.reload import write_reload_status
+
+        if self._restarted is None:
+            return
+        try:
+            self.generation = int(self._restarted)
+        except ValueError:
+            pass
+        self._restarted = None
+        metrics.CONFIG_RELOADS.labels(result="applied").inc()
+        metrics.CONFIG_LAST_RELOAD_OK.set(1)
+        write_reload_status(self.p.config.state_dir, self.generation, None)
+        log.info("config reloaded", extra={"restarted": True, "generation": self.generation})
+
     async def reload_from_file(self) -> bool:
-        """Re-read, validate and apply the config file. Returns whether the new config was applied."""
-        from logagent.config import ConfigError, load_config
+        """Re-read, validate and apply the config file. Returns whether the new config was applied (or the agent
+        restarts to apply it)."""
+        from logagent import registry
+        from logagent.config import ConfigError, read_config
         from logagent.reload import write_reload_status
 
         p = self.p
@@ -82,7 +117,15 @@ class Reloader:
         log.info("reloading config", extra={"file": p.config.file})
         error: str | None = None
         try:
-            await self.apply(load_config(path))
+            new_cfg = read_config(path)
+            needs_tls = [] if tls.available() else tls.uses(new_cfg)
+            if needs_tls:
+                tls.enable()  # the new config's CA and certificate files are checked with ssl
+            registry.validate(new_cfg)
+            if needs_tls:
+                self._restart(needs_tls)
+                return True
+            await self.apply(new_cfg)
         except ConfigError as e:
             error = str(e)
             log.error("config reload rejected; the running config stays in effect", extra={"error": error})
@@ -96,6 +139,35 @@ class Reloader:
         if notifier is not None:
             notifier.ready("reload rejected: " + error.splitlines()[0] if error else "config reloaded")
         return error is None
+
+    def _restart(self, needs_tls: list[str]) -> None:
+        """Stop the pipeline gracefully; the command line then executes the agent again (see the module doc)."""
+        global _restart
+        log.warning("the new config needs TLS, which this process did not load: restarting in place",
+                    extra={"needs_tls": needs_tls})
+        _restart = {RESTART_ENV: str(self.generation + 1)}
+        self.restarting = True
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._signal_while_restarting, sig)
+        self.p.request_stop()
+
+    def _signal_while_restarting(self, signum: int) -> None:
+        global _restart
+        name = signal.Signals(signum).name
+        if _restart is not None:
+            _restart = None
+            self.restarting = False
+            log.info("shutting down instead of restarting", extra={"signal": name})
+            if self.p.ops.notifier is not None:
+                self.p.ops.notifier.stopping("shutting down: draining in-flight batches")
+            return
+        log.warning("second signal: exiting at once", extra={"signal": name})  # as Pipeline.run does
+        try:
+            self.p.ctx.checkpoints.flush()
+        except Exception as e:
+            log.error("checkpoint write failed", extra={"error": f"{type(e).__name__}: {e}"})
+        os._exit(128 + signum)
 
     async def apply(self, new_cfg: AgentConfig) -> None:
         p = self.p

@@ -26,15 +26,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import ssl
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import h11
+
+if TYPE_CHECKING:  # imported for https only: an agent whose config needs no TLS never loads it (logagent.tls)
+    import ssl
 
 USER_AGENT = "logagent/0.1"
 _READ = 65536
@@ -253,13 +255,17 @@ class HttpClient:
 
     async def _connect(self, origin: _Origin) -> _Conn:
         ctx = None
+        tls_errors: tuple[type[OSError], ...] = ()
         if origin.scheme == "https":
+            import ssl
+
             ctx = self.ssl_context or ssl.create_default_context()
+            tls_errors = (ssl.SSLError,)
         try:
             reader, writer = await asyncio.open_connection(
                 origin.host, origin.port, ssl=ctx, server_hostname=origin.host if ctx is not None else None,
                 limit=_READ)
-        except ssl.SSLError as e:
+        except tls_errors as e:
             raise HttpError(f"TLS handshake with {origin.host}:{origin.port} failed: {e}") from e
         except OSError as e:
             raise HttpError(f"cannot connect to {origin.host}:{origin.port}: {e.strerror or e}") from e

@@ -104,6 +104,7 @@ class Operations:
 
         s = self.s
         s.pidfile = write_pidfile(self.p.config.state_dir)
+        self.p.reloader.started()
         if s.notifier is None:  # `start` did not run
             return
         s.notifier.ready(f"running: {len(self.p.inputs)} inputs, {len(self.p.outputs)} outputs")
@@ -113,7 +114,7 @@ class Operations:
             s.watchdog_task = asyncio.create_task(feed_watchdog(s.notifier, interval, self.health), name="watchdog")
 
     async def stopping(self) -> None:
-        if self.s.notifier is not None:
+        if self.s.notifier is not None and not self.p.reloader.restarting:  # a restart stays "reloading"
             self.s.notifier.stopping("shutting down: draining in-flight batches")
         await self.p.reloader.finish(self.p.config.grace_period)
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import base64
 import re
-import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from logagent.config import Section
 from logagent.record import Shape, parse_shape
 from logagent.rotating import RotatingSecret, usable_token
+
+if TYPE_CHECKING:  # imported where TLS is used: an agent whose config needs none never loads it (logagent.tls)
+    import ssl
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,8 @@ def _check_tls_files(t: Section, tls: TlsSettings) -> None:
                     pass
             except OSError as e:
                 raise t.error(f"cannot read {path}: {e.strerror}", key) from None
+    import ssl
+
     if tls.ca_file:
         try:
             ssl.create_default_context(cafile=tls.ca_file)
@@ -227,6 +232,8 @@ def _check_tls_files(t: Section, tls: TlsSettings) -> None:
 
 
 def ssl_context(tls: TlsSettings) -> ssl.SSLContext:
+    import ssl
+
     ctx = ssl.create_default_context(cafile=tls.ca_file)
     if tls.cert_file:
         ctx.load_cert_chain(tls.cert_file, tls.key_file)

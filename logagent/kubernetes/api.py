@@ -26,12 +26,11 @@ import asyncio
 import base64
 import logging
 import os
-import ssl
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import orjson
@@ -43,6 +42,9 @@ from logagent.httpclient import HttpClient, StreamResponse
 from logagent.kubernetes.cache import PodCache
 from logagent.redact import excerpt
 from logagent.rotating import RotatingSecret
+
+if TYPE_CHECKING:  # imported for an https API server only (logagent.tls)
+    import ssl
 
 log = logging.getLogger("logagent.kubernetes.api")
 
@@ -85,6 +87,8 @@ class ApiCredentials:
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.server.startswith("https"):
             return None
+        import ssl
+
         ctx = ssl.create_default_context()
         if self.ca_file or self.ca_data:
             ctx = ssl.create_default_context(cafile=self.ca_file, cadata=self.ca_data)
