@@ -65,19 +65,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 1
     env = restart_requested()
     if env is not None and code == 0:
-        _exec_self(env)
+        return _exec_self(env)
     return code
 
 
-def _exec_self(env: dict[str, str]) -> None:
+def _exec_self(env: dict[str, str]) -> int:
     """Run this command again in this process (same pid, same arguments, `env` added): the pipeline has stopped
-    and its checkpoints are written (logagent.hotreload: a reload that needs TLS in a process without it)."""
+    and its checkpoints are written (logagent.hotreload: a reload that needs TLS in a process without it).
+    Returns only if the interpreter cannot be executed: 1, and the service manager restarts the agent."""
     import logging
 
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, sys.orig_argv, {**os.environ, **env})
+    try:
+        os.execve(sys.executable, sys.orig_argv, {**os.environ, **env})
+    except OSError as e:
+        print(f"logagent: cannot restart {sys.executable}: {e.strerror or e}; exiting", file=sys.stderr)
+    return 1
 
 
 def _tune_gc() -> None:

@@ -1,38 +1,24 @@
 """What an idle agent carries (issue 11: idle RSS): it imports only what its config uses.
 
-The agent runs as in production (`python -m logagent run -c CFG`, a subprocess), started through a few lines
-that add one probe thread: once the test has seen `/healthz` answer, it creates a trigger file and the probe writes
-the agent's `sys.modules`. The shared objects mapped (`/proc/PID/maps`) and the threads (`/proc/PID/task`) are
-read from outside. Config: the bench's (a `file` input with `format: cri`, the `kubernetes` stage without the API,
-one output), with nothing to read yet.
+The agent runs as in production (`logagent run -c CFG`, a subprocess; tests.idle_support.ProbedAgent): once the
+test has seen `/healthz` answer, it asks the agent for its `sys.modules`. The shared objects mapped
+(`/proc/PID/maps`) and the threads (`/proc/PID/task`) are read from outside. Config: the bench's (a `file` input
+with `format: cri`, the `kubernetes` stage without the API, one output), with nothing to read yet. Its outputs
+are http://, so the agent has no TLS stack; the same agent with an https output has one, and ships over it.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.helpers import wait_for
-from tests.ops_support import Agent, agent_base_url, thread_names, wait_http_up
-
-PROBE = """
-import os, runpy, sys, threading, time
-trigger, out = os.environ["IDLE_PROBE_TRIGGER"], os.environ["IDLE_PROBE_OUT"]
-def probe():
-    deadline = time.monotonic() + 120
-    while not os.path.exists(trigger) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    with open(out + ".tmp", "w") as f:
-        f.write("\\n".join(sorted(sys.modules)))
-    os.rename(out + ".tmp", out)
-threading.Thread(target=probe, name="probe", daemon=True).start()
-sys.argv = ["logagent", *sys.argv[1:]]
-runpy.run_module("logagent", run_name="__main__", alter_sys=True)
-"""
+from tests.helpers import async_wait_for
+from tests.idle_support import TLS_LIBS, ProbedAgent, self_signed, server_context
+from tests.ops_support import agent_base_url, thread_names, wait_http_up, write_lines
+from tests.receivers.es import BulkReceiver
 
 # Modules an agent on this config must not load at idle, each with what it would cost or why it is not needed.
 NOT_IMPORTED = {
@@ -51,8 +37,13 @@ NOT_IMPORTED = {
     "lz4": "LZ4: imported at the first SLS request",
     "email": "SLS's Date header: at the first request",
     "unicodedata": "the idna codec: the http address is an IP literal, no getaddrinfo",
+    "ssl": "no https URL, no TLS settings, no Kubernetes API: logagent.tls keeps the TLS stack out (4.8 MB)",
+    "_ssl": "as ssl",
+    "uvloop": "it needs ssl: the stdlib asyncio loop runs instead",
+    "yaml": "the config is parsed in a child process (logagent.config.load_yaml_aside)",
 }
-NOT_MAPPED = ("libsystemd", "ahocorasick_rs", "_message.abi3", "cramjam", "_lz4", "unicodedata")
+NOT_MAPPED = ("libsystemd", "ahocorasick_rs", "_message.abi3", "cramjam", "_lz4", "unicodedata", *TLS_LIBS,
+              "uvloop/loop.cpython", "_yaml.cpython")
 
 OUTPUTS: dict[str, dict[str, Any]] = {
     "elasticsearch": {"type": "elasticsearch", "url": "http://127.0.0.1:9"},
@@ -63,7 +54,7 @@ OUTPUTS: dict[str, dict[str, Any]] = {
 
 
 def _config(tmp_path: Path, output: dict[str, Any]) -> Path:
-    (tmp_path / "var/log/containers").mkdir(parents=True)
+    (tmp_path / "var/log/containers").mkdir(parents=True, exist_ok=True)
     config = tmp_path / "agent.yaml"
     config.write_text(yaml.safe_dump({
         "state_dir": str(tmp_path / "state"),
@@ -78,16 +69,11 @@ def _config(tmp_path: Path, output: dict[str, Any]) -> Path:
 
 @pytest.mark.parametrize("kind", sorted(OUTPUTS))
 def test_an_idle_agent_loads_only_what_its_config_uses(tmp_path: Path, kind: str) -> None:
-    trigger, out = tmp_path / "probe.trigger", tmp_path / "probe.modules"
-    env = {"IDLE_PROBE_TRIGGER": str(trigger), "IDLE_PROBE_OUT": str(out), "NOTIFY_SOCKET": ""}
-    config = _config(tmp_path, OUTPUTS[kind])
-    agent = Agent(config, tmp_path, env=env, argv=[sys.executable, "-c", PROBE, "run", "-c", str(config)])
+    agent = ProbedAgent(_config(tmp_path, OUTPUTS[kind]), tmp_path)
     try:
         wait_http_up(agent_base_url(agent))
-        trigger.touch()
-        wait_for(out.exists, 20, 0.02, "the probe to write sys.modules")
-        modules = set(out.read_text().split("\n"))
-        maps = Path(f"/proc/{agent.proc.pid}/maps").read_text()
+        modules = agent.modules()
+        maps = agent.maps()
         threads = thread_names(agent.proc.pid)
     finally:
         assert agent.stop() == 0, agent.stderr_path.read_text()
@@ -96,5 +82,27 @@ def test_an_idle_agent_loads_only_what_its_config_uses(tmp_path: Path, kind: str
     assert not loaded, f"imported at idle without being needed: {loaded}"
     mapped = [lib for lib in NOT_MAPPED if lib in maps]
     assert not mapped, f"shared objects mapped at idle: {mapped}"
-    # uvloop runs getaddrinfo on libuv's pool of 4 threads: none is started for an IP-literal http address
-    assert "libuv-worker" not in threads, threads
+    # getaddrinfo would run on a resolver thread (libuv's pool under uvloop, the default executor under asyncio):
+    # none is started for an IP-literal http address
+    resolvers = [t for t in threads if t.startswith(("libuv-worker", "asyncio_"))]
+    assert not resolvers, threads
+
+
+async def test_an_agent_with_an_https_output_loads_tls_and_ships_over_it(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    receiver = await BulkReceiver().start(ssl_context=server_context(cert, key))
+    assert receiver.url.startswith("https://127.0.0.1:")
+    config = _config(tmp_path, {"type": "elasticsearch", "url": receiver.url, "tls": {"ca_file": cert}})
+    agent = ProbedAgent(config, tmp_path)
+    try:
+        log = tmp_path / "var/log/containers/web-0_shop_main-0123456789abcdef.log"
+        write_lines(log, [f"2024-05-01T10:00:00.{i:06d}Z stdout F over tls {i}" for i in range(50)])
+        await async_wait_for(lambda: len(receiver.docs) == 50, 30, 0.05, "50 documents over TLS")
+        modules = agent.modules()
+        maps = agent.maps()
+    finally:
+        assert agent.stop() == 0, agent.stderr_path.read_text()
+        await receiver.stop()
+    assert sorted(d["message"] for d in receiver.docs.values()) == sorted(f"over tls {i}" for i in range(50))
+    assert {"ssl", "_ssl", "uvloop"} <= modules
+    assert all(lib in maps for lib in TLS_LIBS), [lib for lib in TLS_LIBS if lib not in maps]
