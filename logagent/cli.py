@@ -114,6 +114,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(f"logagent: config error: {e}", file=sys.stderr)
         return 2
     print(f"# {cfg.file}: OK. Resolved: defaults filled in, ${{VAR}} expanded, secrets masked.")
+    from logagent import tls
+
+    tls_uses = tls.uses(cfg)
+    print(f"# TLS: loaded, for {'; '.join(tls_uses)}" if tls_uses else
+          "# TLS: not loaded (no https URL, no tls settings, no Kubernetes API in this config)")
     print(yaml.safe_dump(resolved_config(cfg), sort_keys=False), end="")
     return 0
 
