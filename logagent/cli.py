@@ -16,6 +16,9 @@ PLUGIN_COMMANDS = {
     "sidecar": ("logagent.sidecar", "run inside a pod: tail files on a shared volume to stdout"),
     "reload": ("logagent.reload", "ask a running agent to re-read its config"),
 }
+# ...of which these never need TLS: as the program, they run without a TLS stack (logagent.tls; a sidecar runs in
+# every pod that has one: idle RSS 28.2 -> 24.1 MB)
+NO_TLS_COMMANDS = frozenset({"sidecar"})
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -140,9 +143,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    as_program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in PLUGIN_COMMANDS:
         module_name, help_text = PLUGIN_COMMANDS[argv[0]]
+        if as_program and argv[0] in NO_TLS_COMMANDS and "ssl" not in sys.modules:
+            from logagent import tls
+
+            tls.disable()
         module = importlib.import_module(module_name)
         parser = argparse.ArgumentParser(prog=f"logagent {argv[0]}", description=help_text)
         module.configure(parser)

@@ -20,7 +20,7 @@ import yaml
 
 from logagent import registry, tls
 from logagent.config import ConfigError, load_yaml, parse_config
-from tests.helpers import async_wait_for
+from tests.helpers import async_wait_for, wait_for
 from tests.idle_support import TLS_LIBS, ProbedAgent, self_signed, server_context
 from tests.ops_support import REPO, write_lines
 from tests.receivers.es import BulkReceiver
@@ -256,3 +256,18 @@ async def test_sigterm_during_the_restart_stops_the_agent_instead(tmp_path: Path
     assert rc == 0, agent.stderr_path.read_text()
     assert agent.logged("shutting down instead of restarting")
     assert len(agent.logged("pipeline started")) == 1 and not secure.docs
+
+
+def test_a_sidecar_runs_without_tls(tmp_path: Path) -> None:
+    """`logagent sidecar` writes to its stdout only: it never loads a TLS stack (one runs in every pod)."""
+    from tests.test_sidecar import Sidecar
+
+    (tmp_path / "app.log").write_text("one line\n")
+    sc = Sidecar("--path", f"{tmp_path}/*.log")
+    try:
+        wait_for(lambda: sc.lines, 20, 0.02, "the envelope of the line")
+        maps = Path(f"/proc/{sc.proc.pid}/maps").read_text()
+    finally:
+        assert sc.stop() == 0, sc.stderr
+    assert [env["message"] for env in sc.envelopes()] == ["one line"]
+    assert not [lib for lib in TLS_LIBS if lib in maps]
