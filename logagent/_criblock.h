@@ -25,7 +25,7 @@ typedef struct entry_s {
     uint8_t kind;
 } entry_t;
 
-enum { E_OUT = 1, E_PIECE = 2, E_OVER = 4, E_GONE = 8 };
+enum { E_OUT = 1, E_OVER = 2, E_GONE = 4 };
 
 struct CriBlock {
     PyObject_HEAD
@@ -107,6 +107,20 @@ static PyObject *stream_of(CriBlock *b, const entry_t *x) {
     return PyTuple_GET_ITEM(b->streams, (x->kind & E_OUT) ? 0 : 1);
 }
 
+/* makes `over` hold rec for entry x (which then reads as that record) */
+static int block_keep(CriBlock *b, entry_t *x, PyObject *rec) {
+    Py_ssize_t at = PyList_GET_SIZE(b->over);
+    if (at > UINT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "too many records in a block");
+        return -1;
+    }
+    if (PyList_Append(b->over, rec) < 0)
+        return -1;
+    x->kind |= E_OVER;
+    x->start = (uint32_t)at;
+    return 0;
+}
+
 /* entry i's record (a new reference; None when set aside), made and kept the first time */
 static PyObject *block_get(CriBlock *b, Py_ssize_t i) {
     entry_t *x = &b->e[i];
@@ -119,33 +133,20 @@ static PyObject *block_get(CriBlock *b, Py_ssize_t i) {
     }
     const char *d = line_of(b, x);
     PyObject *rec = new_record(d, x->len, x->tlen, x->tns, x->offset, (x->kind & E_OUT) ? b->t_out : b->t_err);
-    if (rec == NULL)
-        return NULL;
-    Py_ssize_t at = PyList_GET_SIZE(b->over);
-    if (at > UINT32_MAX || PyList_Append(b->over, rec) < 0) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_OverflowError, "too many records in a block");
-        Py_DECREF(rec);
-        return NULL;
-    }
-    b->e[i].kind |= E_OVER;
-    b->e[i].start = (uint32_t)at;
+    if (rec != NULL && block_keep(b, x, rec) < 0)
+        Py_CLEAR(rec);
     return rec;
 }
 
 /* appends a record given (held as a dict, read as one) */
 static int block_append_record(CriBlock *b, PyObject *rec) {
-    Py_ssize_t at = PyList_GET_SIZE(b->over);
-    if (at > UINT32_MAX) {
-        PyErr_SetString(PyExc_OverflowError, "too many records in a block");
+    if (block_grow(b, 1) < 0)
         return -1;
-    }
-    if (block_grow(b, 1) < 0 || PyList_Append(b->over, rec) < 0)
-        return -1;
-    entry_t *x = &b->e[b->n++];
+    entry_t *x = &b->e[b->n];
     memset(x, 0, sizeof(*x));
-    x->kind = E_OVER;
-    x->start = (uint32_t)at;
+    if (block_keep(b, x, rec) < 0)
+        return -1;
+    b->n++;
     return 0;
 }
 
@@ -196,15 +197,8 @@ static int block_ass_subscript(CriBlock *b, PyObject *key, PyObject *v) {
         Py_INCREF(v);
         return PyList_SetItem(b->over, x->start, v);
     }
-    Py_ssize_t at = PyList_GET_SIZE(b->over);
-    if (at > UINT32_MAX || PyList_Append(b->over, v) < 0) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_OverflowError, "too many records in a block");
-        return -1;
-    }
-    x->kind = E_OVER;
-    x->start = (uint32_t)at;
-    return 0;
+    x->kind &= (uint8_t)~E_GONE; /* (a record given where one was set aside) */
+    return block_keep(b, x, v);
 }
 
 static PyObject *block_records(CriBlock *b, PyObject *unused) {
@@ -264,8 +258,10 @@ static PyObject *block_settle(CriBlock *b, PyObject *more) {
     PyMem_Free(old);
     Py_INCREF(b);
     return (PyObject *)b;
-fail:
-    PyMem_Free(old); /* the block keeps what it settled so far: the caller raises */
+fail: /* the block is left as it was (a record appended to `over` meanwhile is never read) */
+    PyMem_Free(b->e);
+    b->e = old;
+    b->n = b->cap = n;
     return NULL;
 }
 
@@ -281,26 +277,20 @@ static PyObject *block_extend(CriBlock *b, PyObject *other) {
         return NULL;
     }
     CriBlock *o = (CriBlock *)other;
+    int same = PyObject_RichCompareBool(b->streams, o->streams, Py_EQ);
+    if (same <= 0) {
+        if (same == 0)
+            PyErr_SetString(PyExc_ValueError, "a block extends only with a block of the same stream names");
+        return NULL;
+    }
     Py_ssize_t nb = PyList_GET_SIZE(b->bufs), no = PyList_GET_SIZE(b->over);
     if (nb + PyList_GET_SIZE(o->bufs) > UINT32_MAX || no + PyList_GET_SIZE(o->over) > UINT32_MAX) {
         PyErr_SetString(PyExc_OverflowError, "too many records in a block");
         return NULL;
     }
-    if (block_grow(b, o->n) < 0)
+    if (block_grow(b, o->n) < 0 || PyList_SetSlice(b->bufs, nb, nb, o->bufs) < 0 ||
+        PyList_SetSlice(b->over, no, no, o->over) < 0)
         return NULL;
-    PyObject *rest = PyList_GetSlice(o->bufs, 0, PY_SSIZE_T_MAX);
-    if (rest == NULL)
-        return NULL;
-    int bad = _PyList_Extend((PyListObject *)b->bufs, rest) == NULL;
-    Py_DECREF(rest);
-    rest = bad ? NULL : PyList_GetSlice(o->over, 0, PY_SSIZE_T_MAX);
-    if (rest == NULL)
-        return NULL;
-    PyObject *r = _PyList_Extend((PyListObject *)b->over, rest);
-    Py_DECREF(rest);
-    if (r == NULL)
-        return NULL;
-    Py_DECREF(r);
     for (Py_ssize_t j = 0; j < o->n; j++) {
         entry_t x = o->e[j];
         if (x.kind & E_OVER)
@@ -375,14 +365,8 @@ fail:
     return NULL;
 }
 
-static PyObject *cri_block(PyObject *self, PyObject *args) {
-    PyObject *buf, *streams;
-    Py_ssize_t stop, max_line;
-    long long base;
-    if (!PyArg_ParseTuple(args, "OnLnO!", &buf, &stop, &base, &max_line, &PyTuple_Type, &streams))
-        return NULL;
-    if (!PyBytes_CheckExact(buf))
-        Py_RETURN_NONE;
+/* (block, pieces) of the lines of the bytes buf[0..stop), or None (declined) */
+static PyObject *block_cut(PyObject *buf, Py_ssize_t stop, long long base, Py_ssize_t max_line, PyObject *streams) {
     Py_ssize_t size = PyBytes_GET_SIZE(buf);
     if (stop < 0 || stop > size || size > UINT32_MAX || base < 0 || PyTuple_GET_SIZE(streams) != 2) {
         PyErr_SetString(PyExc_ValueError, "stop outside the buffer, a negative base, or streams is not a pair");
@@ -417,7 +401,7 @@ static PyObject *cri_block(PyObject *self, PyObject *args) {
         x->len = (uint32_t)len;
         x->buf = 0;
         x->tlen = (uint8_t)sp;
-        x->kind = (is_out ? E_OUT : 0) | (tag == 'P' ? E_PIECE : 0);
+        x->kind = is_out ? E_OUT : 0;
         if (tag == 'P') {
             PyObject *idx = PyLong_FromSsize_t(b->n);
             if (idx == NULL || PyList_Append(pieces, idx) < 0) {
@@ -443,6 +427,36 @@ fail:
     Py_XDECREF(b);
     Py_XDECREF(pieces);
     return NULL;
+}
+
+static PyObject *cri_block(PyObject *self, PyObject *args) {
+    PyObject *buf, *streams;
+    Py_ssize_t stop, max_line;
+    long long base;
+    if (!PyArg_ParseTuple(args, "OnLnO!", &buf, &stop, &base, &max_line, &PyTuple_Type, &streams))
+        return NULL;
+    if (!PyBytes_CheckExact(buf))
+        Py_RETURN_NONE;
+    return block_cut(buf, stop, base, max_line, streams);
+}
+
+/* cri_chunk: the records of the block cri_block cuts (any bytes-like buffer) */
+static PyObject *cri_chunk(PyObject *self, PyObject *args) {
+    PyObject *buf, *streams;
+    Py_ssize_t stop, max_line;
+    long long base;
+    if (!PyArg_ParseTuple(args, "OnLnO!", &buf, &stop, &base, &max_line, &PyTuple_Type, &streams))
+        return NULL;
+    PyObject *data = PyBytes_CheckExact(buf) ? Py_NewRef(buf) : PyBytes_FromObject(buf);
+    PyObject *got = data != NULL ? block_cut(data, stop, base, max_line, streams) : NULL;
+    Py_XDECREF(data);
+    if (got == NULL || got == Py_None)
+        return got;
+    PyObject *records = block_records((CriBlock *)PyTuple_GET_ITEM(got, 0), NULL);
+    PyObject *out = records != NULL ? PyTuple_Pack(2, records, PyTuple_GET_ITEM(got, 1)) : NULL;
+    Py_XDECREF(records);
+    Py_DECREF(got);
+    return out;
 }
 
 /* a line's item: its own bytes, the message escaped */

@@ -12,6 +12,7 @@
  *     The same from the bytes read: the lines of buf[0:stop] (cut at each b"\n" as bytes.split cuts them; the
  *     first starts at file offset `base`) become records without a list of decoded lines in between. None when a
  *     line is longer than `max_line` bytes, its message is not valid UTF-8, or cri_records would decline it.
+ *     The records of the block `cri_block` cuts (_criblock.h), which the file input uses instead.
  *
  * with_key(records, key, prefix=None) -> list[dict]
  *     The records (dicts) that hold `key`, and when `prefix` is given whose value is a str starting with it: the
@@ -269,7 +270,7 @@ fail:
 }
 
 /* ---------------------------------------------------------------------------------------------------------- */
-/* cri_chunk: the same records straight from the bytes read, without the lines in between */
+/* the record of a line, and whether a message is valid UTF-8 (cri_block, _criblock.h) */
 
 /* The record of a line d[0..len) whose header cri_header read (its time's length sp, its nanoseconds tns): a copy
    of its stream's template with message, offset, time and time_ns set. NULL with an error set (a message that is
@@ -316,84 +317,6 @@ static int utf8_valid(const char *d, Py_ssize_t n) {
         return -1;
     PyErr_Clear();
     return 0;
-}
-
-/* One line `<Z time> <stdout|stderr> <P|F> <message>` of d[0..len) as a record (a copy of its stream's template);
-   *is_piece: a `P` line. NULL without an error set: the line is in another form (or its message is not valid
-   UTF-8), the caller declines. */
-static PyObject *cri_line_record(const char *d, Py_ssize_t len, long long offset, PyObject *t_out, PyObject *t_err,
-                                 int *is_piece) {
-    Py_ssize_t sp;
-    int64_t tns;
-    int is_out = 0;
-    char tag = cri_header(d, len, &sp, &tns, &is_out);
-    if (!tag)
-        return NULL;
-    *is_piece = tag == 'P';
-    PyObject *rec = new_record(d, len, sp, tns, offset, is_out ? t_out : t_err);
-    if (rec == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
-        PyErr_Clear(); /* the Python path flags it `invalid_utf8` */
-    return rec;
-}
-
-static PyObject *cri_chunk(PyObject *self, PyObject *args) {
-    Py_buffer view;
-    Py_ssize_t stop, max_line;
-    long long base;
-    PyObject *streams;
-    if (!PyArg_ParseTuple(args, "y*nLnO!", &view, &stop, &base, &max_line, &PyTuple_Type, &streams))
-        return NULL;
-    PyObject *records = NULL, *pieces = NULL, *t_out = NULL, *t_err = NULL, *out = NULL;
-    if (stop < 0 || stop > view.len || base < 0 || PyTuple_GET_SIZE(streams) != 2) {
-        PyErr_SetString(PyExc_ValueError, "stop outside the buffer, a negative base, or streams is not a pair");
-        goto done;
-    }
-    records = PyList_New(0);
-    pieces = PyList_New(0);
-    if (records == NULL || pieces == NULL || (t_out = template(PyTuple_GET_ITEM(streams, 0))) == NULL ||
-        (t_err = template(PyTuple_GET_ITEM(streams, 1))) == NULL)
-        goto done;
-    const char *d = (const char *)view.buf;
-    Py_ssize_t start = 0;
-    int declined = 0;
-    for (;;) { /* the lines of d[0..stop): as bytes.split(b"\n") cuts them */
-        const char *nl = memchr(d + start, '\n', (size_t)(stop - start));
-        Py_ssize_t end = nl ? nl - d : stop;
-        int is_piece = 0;
-        PyObject *rec = end - start > max_line
-                            ? NULL
-                            : cri_line_record(d + start, end - start, base + start, t_out, t_err, &is_piece);
-        if (rec == NULL) {
-            declined = !PyErr_Occurred();
-            break;
-        }
-        Py_ssize_t i = PyList_GET_SIZE(records);
-        int bad = PyList_Append(records, rec) < 0;
-        Py_DECREF(rec);
-        if (!bad && is_piece) {
-            PyObject *idx = PyLong_FromSsize_t(i);
-            bad = idx == NULL || PyList_Append(pieces, idx) < 0;
-            Py_XDECREF(idx);
-        }
-        if (bad)
-            break;
-        if (nl == NULL) {
-            out = PyTuple_Pack(2, records, pieces);
-            break;
-        }
-        start = end + 1;
-    }
-    if (declined) {
-        Py_INCREF(Py_None);
-        out = Py_None;
-    }
-done:
-    Py_XDECREF(records);
-    Py_XDECREF(pieces);
-    Py_XDECREF(t_out);
-    Py_XDECREF(t_err);
-    PyBuffer_Release(&view);
-    return out;
 }
 
 /* ---------------------------------------------------------------------------------------------------------- */

@@ -1,6 +1,6 @@
 """`CriBlock` (issue 11): the CRI fast path keeps a chunk's records as the bytes they were read from.
 
-A block must be indistinguishable from the list of records `cri_chunk` makes from the same bytes, for every
+A block must be indistinguishable from the list of records `cri_records` makes from the same lines, for every
 operation the agent applies to it: reading and setting records by index (the joiner puts `P` pieces right),
 settling, extending, `with_key` (the envelope and flag scans) and `es_items` (the Elasticsearch encoder), which
 read it in place. Each test runs the same operations on a block and on the list and compares, over generated
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from logagent import speedups
 from logagent.parsers.cri import STREAMS, CriJoiner
 from logagent.record import Batch
-from tests.test_speedups import _codec, _loki, _parts, _sls, cri_file, cri_records
+from tests.test_speedups import _codec, _loki, _offsets, _parts, _sls, cri_file, cri_records
 
 pytestmark = pytest.mark.skipif(None in (speedups.cri_block, speedups.cri_chunk, speedups.with_key,
                                         speedups.es_items),
@@ -31,8 +31,10 @@ GOOD = (b"2024-05-14T09:12:03.123456789Z stdout F GET /healthz 200\n"
 
 
 def _pair(data: bytes, base: int = 0, max_line: int = 1 << 20) -> tuple[Any, list[dict[str, Any]]] | None:
-    """(block, the records cri_chunk makes of the same bytes), or None when both decline."""
-    assert speedups.cri_block is not None and speedups.cri_chunk is not None
+    """(block, the records cri_chunk makes of the same bytes), or None when both decline. cri_chunk is the block's
+    records; the reference they are checked against is `cri_records` (the joiner's native path over decoded lines,
+    written apart from the block) on the same lines."""
+    assert speedups.cri_block is not None and speedups.cri_chunk is not None and speedups.cri_records is not None
     last = data.rfind(b"\n")
     stop = last if last >= 0 else len(data)
     block = speedups.cri_block(data, stop, base, max_line, STREAMS)
@@ -41,6 +43,8 @@ def _pair(data: bytes, base: int = 0, max_line: int = 1 << 20) -> tuple[Any, lis
     if block is None or chunk is None:
         return None
     assert block[1] == chunk[1]  # the same pieces
+    lines = [line.decode() for line in data[:stop].split(b"\n")]  # (the block took them: valid UTF-8)
+    assert speedups.cri_records(lines, _offsets(lines, base), STREAMS) == chunk
     return block[0], chunk[0]
 
 

@@ -96,21 +96,16 @@ class CriJoiner:
         self.partials = PartialLines(max_record_bytes, clock)
         self.partial_flush = partial_flush
         self._native = speedups.cri_records if native else None
-        # the chunk path: a CriBlock (records made only when asked for), else records from the bytes
+        # the chunk path: a CriBlock (records made only when asked for)
         self._block = speedups.cri_block if native else None
-        self._chunk = speedups.cri_chunk if native else None
 
     def feed_chunk(self, buf: bytes, stop: int, base: int, max_line: int) -> Rows | None:
         """The complete lines of buf[:stop] (starting at file offset `base`) straight from the bytes (the
-        accelerator's `cri_block`, or `cri_chunk`); None: the lines path (`feed`) takes them (any line it is
-        unsure of)."""
-        if self._block is not None:
-            block = self._block(buf, stop, base, max_line, STREAMS)
-            return None if block is None else self._join_pieces(*block)
-        if self._chunk is None:
+        accelerator's `cri_block`); None: the lines path (`feed`) takes them (any line it is unsure of)."""
+        if self._block is None:
             return None
-        got = self._chunk(buf, stop, base, max_line, STREAMS)
-        return None if got is None else self._join_pieces(*got)
+        block = self._block(buf, stop, base, max_line, STREAMS)
+        return None if block is None else self._join_pieces(*block)
 
     def feed(self, lines: list[str], offsets: list[int], flags: dict[int, list[str]] | None = None) -> list[Record]:
         if self._native is not None and not flags and lines:
